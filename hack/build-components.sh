@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the real Kubernetes components the harness runs:
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
+# etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), plus kwok's stage files.
+# Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HACK_DIR/versions.sh"
+
+log() { printf '[hack/build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[hack/build] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null || die "go is not installed (needed to build Kubernetes from its Go module); install Go >= 1.25"
+mkdir -p "$VKUBE_BIN"
+SRC="$VKUBE_CACHE/$K8S_VERSION/src"
+mkdir -p "$SRC"
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
+need_build() { for b in "$@"; do [[ -x "$VKUBE_BIN/$b" ]] || return 0; done; return 1; }
+
+build_kubernetes() {
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  need_build "${bins[@]}" || { log "kubernetes $K8S_VERSION binaries cached"; return; }
+  local dir="$SRC/kubernetes" staging_ver="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$dir"
+  cd "$dir"
+  if [[ ! -f go.sum ]]; then
+    log "resolving k8s.io/kubernetes@$K8S_VERSION (downloads modules: a few minutes on a cold machine)"
+    rm -f go.mod
+    go mod init vkube.dev/hack/kubernetes >/dev/null 2>&1
+    local upstream_mod
+    upstream_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    [[ -f "$upstream_mod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION from the Go module proxy"
+    # kubernetes' go.mod replaces its staging modules with ./staging paths; point each at its release.
+    {
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream_mod" | awk '{print $1}' | sort -u |
+        while read -r m; do echo "replace $m => $m $staging_ver"; done
+    } >> go.mod
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy || { rm -f go.sum; die "go mod tidy failed for k8s.io/kubernetes@$K8S_VERSION"; }
+  fi
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for b in "${bins[@]}"; do
+    [[ -x "$VKUBE_BIN/$b" ]] && continue
+    log "building $b $K8S_VERSION"
+    go build -trimpath -ldflags "$ldflags" -o "$VKUBE_BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b" || die "building $b failed"
+    mv "$VKUBE_BIN/$b.tmp" "$VKUBE_BIN/$b"
+  done
+}
+
+build_etcd() {
+  need_build etcd || { log "etcd $ETCD_VERSION cached"; return; }
+  local dir="$SRC/etcd"
+  mkdir -p "$dir"; cd "$dir"
+  if [[ ! -f go.sum ]]; then
+    log "resolving go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    rm -f go.mod
+    go mod init vkube.dev/hack/etcd >/dev/null 2>&1
+    echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" >> go.mod
+    printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go
+    go mod tidy || { rm -f go.sum; die "go mod tidy failed for etcd $ETCD_VERSION"; }
+  fi
+  log "building etcd $ETCD_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$VKUBE_BIN/etcd.tmp" go.etcd.io/etcd/server/v3 || die "building etcd failed"
+  mv "$VKUBE_BIN/etcd.tmp" "$VKUBE_BIN/etcd"
+}
+
+build_kwok() {
+  if need_build kwok; then
+    log "building kwok $KWOK_VERSION"
+    GOBIN="$VKUBE_BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" || die "building kwok failed"
+  else
+    log "kwok $KWOK_VERSION cached"
+  fi
+  # kwok needs stage definitions; its module ships them as YAML.
+  local stages="$VKUBE_CACHE/$K8S_VERSION/kwok-stages"
+  if [[ ! -f "$stages/.done" ]]; then
+    local moddir
+    moddir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    [[ -d "$moddir/kustomize/stage" ]] || die "kwok stage files not found in the sigs.k8s.io/kwok@$KWOK_VERSION module"
+    mkdir -p "$stages"
+    cp "$moddir"/kustomize/stage/node/fast/*.yaml "$stages/" 2>/dev/null || true
+    for d in node/heartbeat-with-lease pod/fast; do
+      for f in "$moddir/kustomize/stage/$d"/*.yaml; do
+        [[ "$(basename "$f")" == kustomization.yaml ]] && continue
+        cp "$f" "$stages/$(echo "$d" | tr / -)-$(basename "$f")"
+      done
+    done
+    rm -f "$stages/kustomization.yaml"
+    chmod -R u+w "$stages"
+    touch "$stages/.done"
+  fi
+}
+
+start=$(date +%s)
+build_etcd
+build_kwok
+build_kubernetes
+log "all components ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
+echo "$VKUBE_BIN"

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# A real Kubernetes host cluster on loopback: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and kwok (fake nodes: scheduled pods become Running without containers).
+#
+#   hack/host-cluster.sh up   [--dir DIR] [--nodes N]   start (idempotent); prints the kubeconfig path
+#   hack/host-cluster.sh down [--dir DIR]               stop every process, leave nothing behind
+#   hack/host-cluster.sh status [--dir DIR]
+#
+# Each DIR is an independent cluster on its own free ports, so several can run side by side.
+# Default DIR: $VKUBE_CACHE/host-cluster. The admin kubeconfig is DIR/kubeconfig.
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HACK_DIR/versions.sh"
+
+cmd="${1:-}"; shift || true
+DIR="$VKUBE_CACHE/host-cluster"
+NODES=3
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) DIR="$2"; shift 2 ;;
+    --nodes) NODES="$2"; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+PIDS="$DIR/pids"; LOGS="$DIR/logs"; PKI="$DIR/pki"
+
+log() { printf '[host-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[host-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+alive() { [[ -f "$PIDS/$1" ]] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+
+start_proc() { # name binary args...
+  local name="$1"; shift
+  mkdir -p "$PIDS" "$LOGS"
+  setsid "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/$name"
+}
+
+stop_all() {
+  [[ -d "$PIDS" ]] || return 0
+  local order=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+  for name in "${order[@]}"; do
+    [[ -f "$PIDS/$name" ]] || continue
+    local pid; pid="$(cat "$PIDS/$name")"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$PIDS/$name"
+  done
+}
+
+gen_pki() {
+  [[ -f "$PKI/.done" ]] && return 0
+  command -v openssl >/dev/null || die "openssl is needed to create the host cluster's certificates (apt-get install openssl)"
+  mkdir -p "$PKI"; cd "$PKI"
+  local days=3650
+  ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.crt" -days $days -subj "/CN=$2" 2>/dev/null; }
+  leaf() { # name ca subject ext
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "$3" 2>/dev/null
+    printf '%b' "$4" > "$1.ext"
+    openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -out "$1.crt" -days $days -extfile "$1.ext" 2>/dev/null
+    rm -f "$1.csr" "$1.ext"
+  }
+  local client='extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n'
+  ca ca host-cluster-ca
+  ca front-proxy-ca host-cluster-front-proxy-ca
+  leaf apiserver ca "/CN=kube-apiserver" 'extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\nsubjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1\n'
+  leaf admin ca "/O=system:masters/CN=kubernetes-admin" "$client"
+  leaf controller-manager ca "/CN=system:kube-controller-manager" "$client"
+  leaf scheduler ca "/CN=system:kube-scheduler" "$client"
+  leaf kwok ca "/O=system:masters/CN=kwok" "$client"
+  leaf apiserver-kubelet-client ca "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+  leaf front-proxy-client front-proxy-ca "/CN=front-proxy-client" "$client"
+  leaf kwok-kubelet ca "/CN=kwok-kubelet" 'extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n'
+  openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out sa.key
+  openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
+  chmod 600 ./*.key
+  touch .done
+  cd - >/dev/null
+}
+
+kubeconfig() { # file user server
+  local b64; b64() { base64 -w0 < "$1"; }
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: host
+  cluster:
+    server: $3
+    certificate-authority-data: $(b64 "$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $(b64 "$PKI/$2.crt")
+    client-key-data: $(b64 "$PKI/$2.key")
+contexts:
+- name: host
+  context: {cluster: host, user: $2}
+current-context: host
+KC
+  chmod 600 "$1"
+}
+
+wait_for() { # description seconds command...
+  local what="$1" secs="$2"; shift 2
+  local deadline=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    if (( $(date +%s) > deadline )); then
+      log "timed out waiting for $what; last log lines:"
+      tail -n 20 "$LOGS"/*.log >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+up() {
+  local bin; bin="$("$HACK_DIR/build-components.sh")"
+  local kubectl="$bin/kubectl"
+  if alive kube-apiserver && alive etcd && alive kwok && [[ -f "$DIR/kubeconfig" ]] \
+     && "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+    log "host cluster already running in $DIR"
+    echo "$DIR/kubeconfig"; return 0
+  fi
+  stop_all
+  gen_pki
+  local t0; t0=$(date +%s.%N)
+  local etcd_port peer_port api_port kwok_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port); kwok_port=$(free_port)
+  echo "$api_port" > "$DIR/apiserver-port"
+  mkdir -p "$DIR/etcd"
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start_proc etcd "$bin/etcd" --name host --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "host=http://127.0.0.1:$peer_port" --log-level warn --unsafe-no-fsync
+  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  start_proc kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-preferred-address-types InternalIP \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --allow-privileged=true --profiling=false
+  kubeconfig "$DIR/kubeconfig" admin "https://127.0.0.1:$api_port"
+  kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager "https://127.0.0.1:$api_port"
+  kubeconfig "$DIR/scheduler.kubeconfig" scheduler "https://127.0.0.1:$api_port"
+  kubeconfig "$DIR/kwok.kubeconfig" kwok "https://127.0.0.1:$api_port"
+  wait_for "kube-apiserver /readyz" 60 "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz \
+    || die "kube-apiserver did not become ready (logs: $LOGS)"
+  log "kube-apiserver ready after $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s"
+  start_proc kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --controllers '*,-node-ipam-controller,-node-route-controller,-service-lb-controller,-cloud-node-lifecycle-controller' \
+    --profiling=false
+  start_proc kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig "$DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$DIR/scheduler.kubeconfig" --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --profiling=false
+  local stages=() f
+  for f in "$VKUBE_CACHE/$K8S_VERSION/kwok-stages"/*.yaml; do stages+=(--config "$f"); done
+  start_proc kwok "$bin/kwok" --kubeconfig "$DIR/kwok.kubeconfig" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --cidr 10.244.0.0/16 --node-ip 127.0.0.1 \
+    --server-address "127.0.0.1:$kwok_port" --node-port "$kwok_port" \
+    --tls-cert-file "$PKI/kwok-kubelet.crt" --tls-private-key-file "$PKI/kwok-kubelet.key" \
+    "${stages[@]}"
+  local i
+  for i in $(seq 0 $((NODES - 1))); do
+    cat <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations: {kwok.x-k8s.io/node: fake}
+  labels: {type: kwok, kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+status:
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+---
+NODE
+  done | "$kubectl" --kubeconfig "$DIR/kubeconfig" apply -f - >/dev/null
+  wait_for "$NODES kwok nodes Ready" 60 "$kubectl" --kubeconfig "$DIR/kubeconfig" wait --for=condition=Ready node --all --timeout=1s \
+    || die "kwok nodes did not become Ready (logs: $LOGS)"
+  wait_for "default service account" 30 "$kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default \
+    || die "controller-manager did not create the default ServiceAccount (logs: $LOGS)"
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+    alive "$name" || die "$name exited (log: $LOGS/$name.log)"
+  done
+  log "host cluster up in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s: $NODES nodes, kubeconfig $DIR/kubeconfig"
+  echo "$DIR/kubeconfig"
+}
+
+case "$cmd" in
+  up) up ;;
+  down) stop_all; log "host cluster in $DIR stopped" ;;
+  status)
+    for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+      if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name"))"; else echo "$name: stopped"; fi
+    done ;;
+  *) echo "usage: $0 up|down|status [--dir DIR] [--nodes N]" >&2; exit 2 ;;
+esac

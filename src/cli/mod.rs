@@ -1,0 +1,248 @@
+//! The command line: the only place that prints for humans and the only place `anyhow` appears.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use vkube::controlplane::Binaries;
+use vkube::host::{self, HostStore};
+use vkube::serve::{self, ServeOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "vkube", version, about = "Virtual Kubernetes clusters", long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VKUBE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one virtual cluster's control plane (etcd, kube-apiserver, controller-manager) and
+    /// its TLS API proxy.
+    Serve(ServeArgs),
+    /// Print the admin kubeconfig of a virtual cluster (read from its host namespace).
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HostArgs {
+    /// Kubeconfig of the host cluster (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
+    host_kubeconfig: Option<PathBuf>,
+    /// Host namespace of the virtual cluster (default: vkube-NAME).
+    #[arg(long, env = "VKUBE_HOST_NAMESPACE")]
+    host_namespace: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Name of the virtual cluster.
+    #[arg(long, env = "VKUBE_NAME")]
+    name: String,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Create the host namespace if it does not exist.
+    #[arg(long)]
+    create_namespace: bool,
+    /// Address of the tenant-facing TLS listener.
+    #[arg(long, env = "VKUBE_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Directory for the datastore and generated files (default: ./.vkube/NAME).
+    #[arg(long, env = "VKUBE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory holding etcd, kube-apiserver and kube-controller-manager (default: $PATH).
+    #[arg(long, env = "VKUBE_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, env = "VKUBE_ETCD_BIN")]
+    etcd_bin: Option<PathBuf>,
+    #[arg(long, env = "VKUBE_KUBE_APISERVER_BIN")]
+    kube_apiserver_bin: Option<PathBuf>,
+    #[arg(long, env = "VKUBE_KUBE_CONTROLLER_MANAGER_BIN")]
+    kube_controller_manager_bin: Option<PathBuf>,
+    /// Service IP range of the virtual cluster.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// Host Service exposing the proxy, for the serving certificate (default: vkube-NAME).
+    #[arg(long)]
+    service_name: Option<String>,
+    /// Extra DNS name or IP for the proxy's serving certificate (repeatable).
+    #[arg(long = "extra-san")]
+    extra_sans: Vec<String>,
+    /// Also write the admin kubeconfig to this file.
+    #[arg(long, env = "VKUBE_KUBECONFIG_OUT")]
+    kubeconfig_out: Option<PathBuf>,
+    /// Server URL written into the kubeconfig (default: https://LISTEN-ADDRESS).
+    #[arg(long)]
+    kubeconfig_server: Option<String>,
+    /// Give up if the virtual API is not ready within this many seconds.
+    #[arg(long, default_value_t = 120)]
+    startup_timeout_seconds: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct KubeconfigArgs {
+    /// Name of the virtual cluster.
+    name: String,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Replace the server URL (e.g. when reaching the cluster through a port-forward).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    vkube::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve_command(args).await,
+            Command::Kubeconfig(args) => kubeconfig_command(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the cause chain, most specific last.
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// kube-client logs every non-2xx answer at ERROR, including the 500s of /readyz polls while the
+/// API server starts; vkube reports the errors it cannot handle itself.
+const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn find_binary(
+    explicit: Option<PathBuf>,
+    bin_dir: Option<&PathBuf>,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    if let Some(dir) = bin_dir {
+        return Ok(dir.join(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("{name} not found in $PATH: pass --bin-dir (hack/build-components.sh prints it) or --{name}-bin")
+        })
+}
+
+async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    let binaries = Binaries {
+        etcd: find_binary(args.etcd_bin, args.bin_dir.as_ref(), "etcd")?,
+        kube_apiserver: find_binary(
+            args.kube_apiserver_bin,
+            args.bin_dir.as_ref(),
+            "kube-apiserver",
+        )?,
+        kube_controller_manager: find_binary(
+            args.kube_controller_manager_bin,
+            args.bin_dir.as_ref(),
+            "kube-controller-manager",
+        )?,
+    };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(".vkube").join(&args.name));
+    let opts = ServeOptions {
+        name: args.name,
+        host_kubeconfig: args.host.host_kubeconfig,
+        host_namespace: args.host.host_namespace,
+        create_namespace: args.create_namespace,
+        listen: args.listen,
+        data_dir,
+        binaries,
+        service_cidr: args.service_cidr,
+        service_name: args.service_name,
+        extra_sans: args.extra_sans,
+        kubeconfig_out: args.kubeconfig_out,
+        kubeconfig_server: args.kubeconfig_server,
+        startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
+    };
+    serve::run(opts, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn kubeconfig_command(args: KubeconfigArgs) -> anyhow::Result<()> {
+    vkube::names::validate_tenant_name(&args.name)?;
+    let namespace = args
+        .host
+        .host_namespace
+        .unwrap_or_else(|| host::default_namespace(&args.name));
+    let (client, url) = host::host_client(args.host.host_kubeconfig.as_deref()).await?;
+    let store = HostStore::new(client, &url, &namespace, &args.name);
+    let mut yaml = store.get_kubeconfig().await?;
+    if let Some(server) = args.server {
+        yaml = vkube::kubeconfig::with_server(&yaml, &server)?;
+    }
+    print!("{yaml}");
+    Ok(())
+}

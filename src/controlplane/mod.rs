@@ -1,0 +1,447 @@
+//! The tenant's control plane: etcd, the virtual kube-apiserver and kube-controller-manager as
+//! supervised child processes on loopback. No scheduler: the host schedules the real pods.
+//!
+//! Flag sets are pure functions ([`etcd_args`], [`apiserver_args`], [`controller_manager_args`])
+//! so what we run is reviewable and unit-tested; [`ControlPlane::start`] does the I/O and only
+//! returns once the API server answers `/readyz`, or fails with the component's own last words.
+
+pub mod supervisor;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::pki::{Authority, Leaf, PkiFiles};
+use supervisor::{Backoff, ProcessSpec, ProcessState, Supervised, SupervisorError};
+
+/// Controllers a virtual cluster does not need: there are no real nodes, routes, cloud load
+/// balancers or volume attachments behind it (the host does all of that).
+pub const DISABLED_CONTROLLERS: &[&str] = &[
+    "node-ipam-controller",
+    "node-lifecycle-controller",
+    "cloud-node-lifecycle-controller",
+    "node-route-controller",
+    "service-lb-controller",
+    "persistentvolume-attach-detach-controller",
+    "taint-eviction-controller",
+    "ttl-controller",
+    "bootstrap-signer-controller",
+    "token-cleaner-controller",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(transparent)]
+    Binary(#[from] SupervisorError),
+    #[error("{component} exited during startup ({status}){}", last_line.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
+    ExitedDuringStartup {
+        component: String,
+        status: String,
+        last_line: Option<String>,
+    },
+    #[error("{component} did not become ready within {timeout:?}{}", last_line.as_ref().map(|l| format!("; last output: {l}")).unwrap_or_default())]
+    Timeout {
+        component: String,
+        timeout: Duration,
+        last_line: Option<String>,
+    },
+    #[error("no free port on 127.0.0.1: {0}")]
+    NoPort(std::io::Error),
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+}
+
+impl Binaries {
+    pub fn check(&self) -> Result<(), SupervisorError> {
+        supervisor::check_executable("etcd", &self.etcd)?;
+        supervisor::check_executable("kube-apiserver", &self.kube_apiserver)?;
+        supervisor::check_executable("kube-controller-manager", &self.kube_controller_manager)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub binaries: Binaries,
+    pub data_dir: PathBuf,
+    pub service_cidr: String,
+    pub startup_timeout: Duration,
+}
+
+/// Loopback ports of one control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ports {
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    pub apiserver: u16,
+}
+
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+pub fn etcd_args(pki: &PkiFiles, data_dir: &Path, ports: Ports) -> Vec<String> {
+    let client = format!("https://127.0.0.1:{}", ports.etcd_client);
+    let peer = format!("https://127.0.0.1:{}", ports.etcd_peer);
+    let p = |p: PathBuf| p.display().to_string();
+    vec![
+        "--name=vkube".into(),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=vkube={peer}"),
+        format!("--cert-file={}", p(pki.cert(Leaf::EtcdServer))),
+        format!("--key-file={}", p(pki.key(Leaf::EtcdServer))),
+        format!("--trusted-ca-file={}", p(pki.ca_cert(Authority::Etcd))),
+        "--client-cert-auth=true".into(),
+        format!("--peer-cert-file={}", p(pki.cert(Leaf::EtcdServer))),
+        format!("--peer-key-file={}", p(pki.key(Leaf::EtcdServer))),
+        format!("--peer-trusted-ca-file={}", p(pki.ca_cert(Authority::Etcd))),
+        "--peer-client-cert-auth=true".into(),
+        "--log-level=warn".into(),
+        // The API server compacts; etcd only needs to defragment what it frees.
+        "--snapshot-count=10000".into(),
+    ]
+}
+
+pub fn apiserver_args(pki: &PkiFiles, ports: Ports, service_cidr: &str) -> Vec<String> {
+    let p = |p: PathBuf| p.display().to_string();
+    vec![
+        format!("--etcd-servers=https://127.0.0.1:{}", ports.etcd_client),
+        format!("--etcd-cafile={}", p(pki.ca_cert(Authority::Etcd))),
+        format!("--etcd-certfile={}", p(pki.cert(Leaf::ApiServerEtcdClient))),
+        format!("--etcd-keyfile={}", p(pki.key(Leaf::ApiServerEtcdClient))),
+        // Loopback only: tenants reach the virtual API through the proxy, never directly.
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.apiserver),
+        format!("--tls-cert-file={}", p(pki.cert(Leaf::ApiServer))),
+        format!("--tls-private-key-file={}", p(pki.key(Leaf::ApiServer))),
+        format!("--client-ca-file={}", p(pki.ca_cert(Authority::Tenant))),
+        format!(
+            "--requestheader-client-ca-file={}",
+            p(pki.ca_cert(Authority::FrontProxy))
+        ),
+        format!(
+            "--requestheader-allowed-names={}",
+            crate::pki::FRONT_PROXY_CLIENT_NAME
+        ),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+        format!("--api-audiences={SERVICE_ACCOUNT_ISSUER}"),
+        format!("--service-account-key-file={}", p(pki.service_account_pub())),
+        format!(
+            "--service-account-signing-key-file={}",
+            p(pki.service_account_key())
+        ),
+        "--authorization-mode=RBAC".into(),
+        format!("--service-cluster-ip-range={service_cidr}"),
+        // The syncer decides what may reach the host (pod security is enforced there, with an
+        // Event on the virtual object); refusing here would hide the reason from the tenant.
+        "--allow-privileged=true".into(),
+        // No kubelets and one API server: nothing to reconcile for the kubernetes endpoints.
+        "--endpoint-reconciler-type=none".into(),
+        // One tenant's traffic does not need fairness queues; they cost memory and latency.
+        "--enable-priority-and-fairness=false".into(),
+        "--profiling=false".into(),
+    ]
+}
+
+pub fn controller_manager_args(pki: &PkiFiles, kubeconfig: &Path) -> Vec<String> {
+    let p = |p: PathBuf| p.display().to_string();
+    let mut controllers = vec!["*".to_string()];
+    controllers.extend(DISABLED_CONTROLLERS.iter().map(|c| format!("-{c}")));
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        format!("--authorization-kubeconfig={}", kubeconfig.display()),
+        "--bind-address=127.0.0.1".into(),
+        // Its health endpoint is not exposed; the supervisor watches the process instead.
+        "--secure-port=0".into(),
+        "--leader-elect=false".into(),
+        "--use-service-account-credentials=true".into(),
+        format!(
+            "--service-account-private-key-file={}",
+            p(pki.service_account_key())
+        ),
+        format!("--root-ca-file={}", p(pki.ca_cert(Authority::Tenant))),
+        // Tenants may sign client certificates for their own users through the CSR API.
+        format!(
+            "--cluster-signing-cert-file={}",
+            p(pki.ca_cert(Authority::Tenant))
+        ),
+        format!(
+            "--cluster-signing-key-file={}",
+            p(pki.ca_key(Authority::Tenant))
+        ),
+        format!("--controllers={}", controllers.join(",")),
+        "--profiling=false".into(),
+    ]
+}
+
+/// A free port on 127.0.0.1, chosen by the kernel.
+pub fn free_port() -> Result<u16, ControlPlaneError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(ControlPlaneError::NoPort)?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(ControlPlaneError::NoPort)
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Ports from the last run are reused when free: etcd records its peer URL in its data.
+fn choose_ports(data_dir: &Path) -> Result<Ports, ControlPlaneError> {
+    let path = data_dir.join("ports.json");
+    let previous: Option<Ports> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let pick = |old: Option<u16>| match old {
+        Some(p) if port_is_free(p) => Ok(p),
+        _ => free_port(),
+    };
+    let ports = Ports {
+        etcd_client: pick(previous.map(|p| p.etcd_client))?,
+        etcd_peer: pick(previous.map(|p| p.etcd_peer))?,
+        apiserver: pick(previous.map(|p| p.apiserver))?,
+    };
+    let json = serde_json::to_vec(&ports).unwrap_or_default();
+    std::fs::write(&path, json).map_err(|source| ControlPlaneError::Io { path, source })?;
+    Ok(ports)
+}
+
+/// A running control plane. `stop` shuts it down in reverse order.
+pub struct ControlPlane {
+    pub ports: Ports,
+    etcd: Supervised,
+    apiserver: Supervised,
+    controller_manager: Supervised,
+}
+
+impl ControlPlane {
+    pub fn apiserver_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ports.apiserver)
+    }
+
+    /// Starts etcd, then the API server, waits for `/readyz` (using `ready_check`), then starts
+    /// the controller manager. On any failure every started child is stopped before returning.
+    pub async fn start<F, Fut>(
+        config: &ControlPlaneConfig,
+        pki: &PkiFiles,
+        controller_manager_kubeconfig: &Path,
+        ready_check: F,
+    ) -> Result<ControlPlane, ControlPlaneError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        config.binaries.check()?;
+        let etcd_dir = config.data_dir.join("etcd");
+        std::fs::create_dir_all(&etcd_dir).map_err(|source| ControlPlaneError::Io {
+            path: etcd_dir.clone(),
+            source,
+        })?;
+        let ports = choose_ports(&config.data_dir)?;
+        let deadline = Instant::now() + config.startup_timeout;
+        let backoff = Backoff::default();
+
+        let etcd = Supervised::start(
+            ProcessSpec {
+                name: "etcd".into(),
+                program: config.binaries.etcd.clone(),
+                args: etcd_args(pki, &etcd_dir, ports),
+                env: vec![],
+            },
+            backoff,
+        )?;
+        let etcd_addr: SocketAddr = ([127, 0, 0, 1], ports.etcd_client).into();
+        if let Err(e) = wait_until(&etcd, deadline, config.startup_timeout, || async {
+            tokio::net::TcpStream::connect(etcd_addr).await.is_ok()
+        })
+        .await
+        {
+            etcd.stop().await;
+            return Err(e);
+        }
+
+        let apiserver = match Supervised::start(
+            ProcessSpec {
+                name: "kube-apiserver".into(),
+                program: config.binaries.kube_apiserver.clone(),
+                args: apiserver_args(pki, ports, &config.service_cidr),
+                // A smaller heap target: the virtual API server is mostly idle.
+                env: vec![("GOGC".into(), "50".into())],
+            },
+            backoff,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                etcd.stop().await;
+                return Err(e.into());
+            }
+        };
+        let url = format!("https://127.0.0.1:{}", ports.apiserver);
+        if let Err(e) = wait_until(&apiserver, deadline, config.startup_timeout, || {
+            ready_check(url.clone())
+        })
+        .await
+        {
+            apiserver.stop().await;
+            etcd.stop().await;
+            return Err(e);
+        }
+
+        let controller_manager = match Supervised::start(
+            ProcessSpec {
+                name: "kube-controller-manager".into(),
+                program: config.binaries.kube_controller_manager.clone(),
+                args: controller_manager_args(pki, controller_manager_kubeconfig),
+                env: vec![("GOGC".into(), "50".into())],
+            },
+            backoff,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                apiserver.stop().await;
+                etcd.stop().await;
+                return Err(e.into());
+            }
+        };
+        Ok(ControlPlane {
+            ports,
+            etcd,
+            apiserver,
+            controller_manager,
+        })
+    }
+
+    /// Pids of the running children, for memory reporting.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        [&self.etcd, &self.apiserver, &self.controller_manager]
+            .iter()
+            .filter_map(|p| match &*p.state().borrow() {
+                ProcessState::Running { pid, .. } => Some((p.name().to_string(), *pid)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.controller_manager.stop().await;
+        self.apiserver.stop().await;
+        self.etcd.stop().await;
+    }
+}
+
+/// Polls `check` until it passes; fails early if the process exits or cannot be spawned.
+async fn wait_until<F, Fut>(
+    process: &Supervised,
+    deadline: Instant,
+    timeout: Duration,
+    check: F,
+) -> Result<(), ControlPlaneError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let state = process.state();
+    loop {
+        match &*state.borrow() {
+            ProcessState::Exited { status, .. } => {
+                return Err(ControlPlaneError::ExitedDuringStartup {
+                    component: process.name().into(),
+                    status: status.clone(),
+                    last_line: process.last_error_line(),
+                });
+            }
+            ProcessState::SpawnFailed { error } => {
+                return Err(ControlPlaneError::ExitedDuringStartup {
+                    component: process.name().into(),
+                    status: error.clone(),
+                    last_line: None,
+                });
+            }
+            _ => {}
+        }
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlPlaneError::Timeout {
+                component: process.name().into(),
+                timeout,
+                last_line: process.last_error_line(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> PkiFiles {
+        PkiFiles {
+            dir: "/pki".into(),
+        }
+    }
+    const PORTS: Ports = Ports {
+        etcd_client: 2379,
+        etcd_peer: 2380,
+        apiserver: 6443,
+    };
+
+    #[test]
+    fn apiserver_listens_on_loopback_only_and_trusts_the_front_proxy() {
+        let args = apiserver_args(&files(), PORTS, "10.96.0.0/12");
+        assert!(args.contains(&"--bind-address=127.0.0.1".to_string()));
+        assert!(args.contains(&"--secure-port=6443".to_string()));
+        assert!(args.contains(&"--requestheader-client-ca-file=/pki/front-proxy-ca.crt".to_string()));
+        assert!(args.contains(&"--requestheader-allowed-names=front-proxy-client".to_string()));
+        assert!(args.contains(&"--etcd-servers=https://127.0.0.1:2379".to_string()));
+        assert!(args.contains(&"--authorization-mode=RBAC".to_string()));
+    }
+
+    #[test]
+    fn etcd_serves_tls_with_client_auth() {
+        let args = etcd_args(&files(), Path::new("/data/etcd"), PORTS);
+        assert!(args.contains(&"--listen-client-urls=https://127.0.0.1:2379".to_string()));
+        assert!(args.contains(&"--client-cert-auth=true".to_string()));
+        assert!(args.contains(&"--initial-cluster=vkube=https://127.0.0.1:2380".to_string()));
+    }
+
+    #[test]
+    fn controller_manager_runs_without_node_controllers() {
+        let args = controller_manager_args(&files(), Path::new("/kcm.kubeconfig"));
+        let controllers = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--controllers="))
+            .unwrap();
+        assert!(controllers.starts_with("*,"));
+        assert!(controllers.contains("-node-lifecycle-controller"));
+        assert!(args.contains(&"--leader-elect=false".to_string()));
+    }
+
+    #[test]
+    fn ports_are_remembered_across_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = choose_ports(dir.path()).unwrap();
+        let second = choose_ports(dir.path()).unwrap();
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,12 @@
+//! vkube: virtual Kubernetes clusters. Each tenant gets a real control plane (etcd,
+//! kube-apiserver, kube-controller-manager) supervised by `vkube serve` in one host namespace,
+//! behind a TLS proxy that authenticates callers and hands their identity to the virtual API.
+
+pub mod controlplane;
+pub mod host;
+pub mod kubeconfig;
+pub mod names;
+pub mod pki;
+pub mod proxy;
+pub mod serve;
+pub mod tls;

@@ -1,0 +1,313 @@
+//! The tenant-facing TLS listener. Authenticates the caller (client certificate of the tenant CA,
+//! or a bearer token checked by TokenReview), then forwards the request to the virtual API server
+//! over a connection authenticated as the front proxy, with the caller's identity in requestheader
+//! headers, so RBAC inside the virtual cluster decides. Bodies stream both ways (watch never
+//! buffers) and protocol upgrades (exec, attach, port-forward) are tunnelled.
+
+pub mod auth;
+pub mod identity;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use auth::TokenAuthenticator;
+use identity::Identity;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type Backend = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct ProxyConfig {
+    pub tls: Arc<rustls::ServerConfig>,
+    /// `https://127.0.0.1:PORT` of the virtual API server.
+    pub backend_url: String,
+    /// Trusts the API server's CA and presents the front-proxy client certificate.
+    pub backend_tls: rustls::ClientConfig,
+    pub tokens: TokenAuthenticator,
+}
+
+struct State {
+    backend: Backend,
+    backend_url: String,
+    tokens: TokenAuthenticator,
+    ready: AtomicBool,
+}
+
+/// A bound listener; `serve` runs until `shutdown` flips to true.
+pub struct Proxy {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+}
+
+/// Binds early so that a port in use fails `vkube serve` before any child process starts.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+impl Proxy {
+    pub fn new(listener: TcpListener, config: ProxyConfig) -> Proxy {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config.backend_tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let backend = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Proxy {
+            listener,
+            tls: config.tls,
+            state: Arc::new(State {
+                backend,
+                backend_url: config.backend_url.trim_end_matches('/').to_string(),
+                tokens: config.tokens,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Readiness as reported on `/readyz`; requests other than health checks get 503 until set.
+    pub fn set_ready(&self, ready: bool) {
+        self.state.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn readiness(&self) -> impl Fn(bool) + Send + Sync + 'static {
+        let state = self.state.clone();
+        move |ready| state.ready.store(ready, Ordering::SeqCst)
+    }
+
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let cert_identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| crate::pki::cert_facts(der).ok())
+                    .and_then(|f| {
+                        Identity::from_certificate(
+                            &f.subject_common_name,
+                            &f.subject_organizations,
+                        )
+                    });
+                let cert_identity = Arc::new(cert_identity);
+                let service = hyper::service::service_fn(move |req| {
+                    handle(req, cert_identity.clone(), state.clone())
+                });
+                let builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+            });
+        }
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A Kubernetes `Status` response, as the API server itself would send.
+pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn is_health_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    cert_identity: Arc<Option<Identity>>,
+    state: Arc<State>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let ready = state.ready.load(Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    if is_health_path(&path) {
+        if !ready {
+            if path.starts_with("/readyz") {
+                let mut r = Response::new(full("virtual control plane is starting\n"));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(r);
+            }
+            return Ok(Response::new(full("ok")));
+        }
+        // Health of the virtual API server itself, asked anonymously: RBAC lets anyone read it.
+        return Ok(forward(req, Some(&Identity::anonymous()), &state).await);
+    }
+    if !ready {
+        return Ok(status_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the virtual control plane is starting; retry in a few seconds",
+        ));
+    }
+    let identity = match cert_identity.as_ref() {
+        Some(id) => id.clone(),
+        None => match identity::bearer_token(req.headers()) {
+            Some(token) => match state.tokens.authenticate(token).await {
+                Ok(Some(id)) => id,
+                Ok(None) => return Ok(unauthorized()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "token review failed");
+                    return Ok(status_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        "could not verify the bearer token; retry",
+                    ));
+                }
+            },
+            None => return Ok(unauthorized()),
+        },
+    };
+    tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
+    Ok(forward(req, Some(&identity), &state).await)
+}
+
+fn unauthorized() -> Response<ProxyBody> {
+    status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    identity: Option<&Identity>,
+    state: &State,
+) -> Response<ProxyBody> {
+    let upgrade = identity::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: http::Uri = match format!("{}{}", state.backend_url, path_and_query).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", "invalid request URI");
+        }
+    };
+    let mut backend_req = Request::new(body);
+    *backend_req.method_mut() = parts.method;
+    *backend_req.uri_mut() = uri;
+    *backend_req.version_mut() = Version::HTTP_11;
+    *backend_req.headers_mut() = identity::forwarded_headers(&parts.headers, identity);
+
+    let mut resp = match state.backend.request(backend_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "virtual API server unreachable");
+            return status_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the virtual API server is not reachable; retry in a few seconds",
+            );
+        }
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((client, backend)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut backend = TokioIo::new(backend);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut backend).await
+                        {
+                            tracing::debug!(error = %e, "upgraded stream ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    identity::strip_hop_by_hop(&mut parts.headers, switching);
+    Response::from_parts(parts, body.boxed())
+}

@@ -1,0 +1,283 @@
+//! `vkube serve`: one tenant's control plane. Order matters for failing fast and cleanly:
+//! validate flags and binaries, bind the listener, load or create credentials on the host, start
+//! etcd → kube-apiserver (wait for /readyz) → controller-manager, then open the proxy and publish
+//! the kubeconfig. Any failure before "ready" stops whatever was started.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::controlplane::{Binaries, ControlPlane, ControlPlaneConfig, ControlPlaneError};
+use crate::host::{HostError, HostStore};
+use crate::kubeconfig::{self, KubeconfigError, KubeconfigSpec};
+use crate::names::{InvalidName, validate_tenant_name};
+use crate::pki::{Authority, Leaf, PkiError, PkiSpec};
+use crate::proxy::{Proxy, ProxyConfig, ProxyError, auth::TokenAuthenticator};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub name: String,
+    pub host_kubeconfig: Option<PathBuf>,
+    pub host_namespace: Option<String>,
+    pub create_namespace: bool,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub binaries: Binaries,
+    pub service_cidr: String,
+    /// Host Service that exposes the proxy (its DNS names go into the serving certificate).
+    pub service_name: Option<String>,
+    pub extra_sans: Vec<String>,
+    pub kubeconfig_out: Option<PathBuf>,
+    pub kubeconfig_server: Option<String>,
+    pub startup_timeout: Duration,
+}
+
+/// Runs until `shutdown` resolves, then stops everything in order.
+pub async fn run(
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    validate_tenant_name(&opts.name)?;
+    opts.binaries.check().map_err(ControlPlaneError::from)?;
+    let namespace = opts
+        .host_namespace
+        .clone()
+        .unwrap_or_else(|| crate::host::default_namespace(&opts.name));
+    let listener = crate::proxy::bind(opts.listen).await?;
+    let listen_addr = listener.local_addr().unwrap_or(opts.listen);
+
+    let (host, host_url) = crate::host::host_client(opts.host_kubeconfig.as_deref()).await?;
+    let store = HostStore::new(host, &host_url, &namespace, &opts.name);
+    if opts.create_namespace {
+        store.create_namespace().await?;
+    }
+    let service = opts
+        .service_name
+        .clone()
+        .unwrap_or_else(|| format!("vkube-{}", opts.name));
+    let mut extra_sans = opts.extra_sans.clone();
+    if !listen_addr.ip().is_unspecified() {
+        extra_sans.push(listen_addr.ip().to_string());
+    }
+    let spec = PkiSpec::new(&opts.name, &service, &namespace, &extra_sans);
+    let pki = store.load_or_create_pki(&spec).await?;
+
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServeError::Write {
+        path: opts.data_dir.clone(),
+        source,
+    })?;
+    let files = pki.write_files(&opts.data_dir.join("pki"))?;
+
+    // Kubeconfig for the controller manager: straight to the loopback API server. The port is
+    // only known after the control plane picks it, so the file is written by the ready check.
+    let kcm_kubeconfig = opts.data_dir.join("controller-manager.kubeconfig");
+    let internal_client: std::sync::Arc<tokio::sync::OnceCell<kube::Client>> = Default::default();
+
+    let cp_config = ControlPlaneConfig {
+        binaries: opts.binaries.clone(),
+        data_dir: opts.data_dir.clone(),
+        service_cidr: opts.service_cidr.clone(),
+        startup_timeout: opts.startup_timeout,
+    };
+    let admin = pki.leaf(Leaf::Admin).clone();
+    let kcm = pki.leaf(Leaf::ControllerManager).clone();
+    let ca_pem = pki.ca(Authority::Tenant).cert_pem.clone();
+    let control_plane = ControlPlane::start(&cp_config, &files, &kcm_kubeconfig, |url| {
+        let ca_pem = ca_pem.clone();
+        let admin = admin.clone();
+        let kcm = kcm.clone();
+        let kcm_kubeconfig = kcm_kubeconfig.clone();
+        let internal_client = internal_client.clone();
+        async move {
+            let client = match internal_client.get() {
+                Some(c) => c.clone(),
+                None => {
+                    let Ok(yaml) = kubeconfig::render(&KubeconfigSpec {
+                        context: "vkube-internal",
+                        server: &url,
+                        ca_pem: &ca_pem,
+                        cert_pem: &admin.cert_pem,
+                        key_pem: &admin.key_pem,
+                        namespace: None,
+                    }) else {
+                        return false;
+                    };
+                    let Ok(client) = kubeconfig::client_from_yaml(&yaml).await else {
+                        return false;
+                    };
+                    if let Ok(kcm_yaml) = kubeconfig::render(&KubeconfigSpec {
+                        context: "kube-controller-manager",
+                        server: &url,
+                        ca_pem: &ca_pem,
+                        cert_pem: &kcm.cert_pem,
+                        key_pem: &kcm.key_pem,
+                        namespace: None,
+                    }) {
+                        if write_private(&kcm_kubeconfig, kcm_yaml.as_bytes()).is_err() {
+                            return false;
+                        }
+                    }
+                    let _ = internal_client.set(client.clone());
+                    client
+                }
+            };
+            api_ready(&client).await
+        }
+    })
+    .await?;
+    let Some(internal) = internal_client.get().cloned() else {
+        control_plane.stop().await;
+        return Err(ControlPlaneError::Timeout {
+            component: "kube-apiserver".into(),
+            timeout: opts.startup_timeout,
+            last_line: None,
+        }
+        .into());
+    };
+
+    let proxy_config = match proxy_config(&pki, &control_plane, internal) {
+        Ok(c) => c,
+        Err(e) => {
+            control_plane.stop().await;
+            return Err(e);
+        }
+    };
+    let proxy = Proxy::new(listener, proxy_config);
+    proxy.set_ready(true);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy_task = tokio::spawn(proxy.serve(stop_rx));
+
+    let server = opts.kubeconfig_server.clone().unwrap_or_else(|| {
+        let host = if listen_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            listen_addr.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("https://{host}:{}", listen_addr.port())
+    });
+    let published = publish_kubeconfig(&opts, &pki, &server, &store).await;
+    if let Err(e) = published {
+        let _ = stop_tx.send(true);
+        let _ = proxy_task.await;
+        control_plane.stop().await;
+        return Err(e);
+    }
+    let pids = control_plane.pids();
+    tracing::info!(
+        vcluster = %opts.name,
+        listen = %listen_addr,
+        %server,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        ?pids,
+        "virtual cluster ready"
+    );
+
+    shutdown.await;
+    tracing::info!(vcluster = %opts.name, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = proxy_task.await;
+    control_plane.stop().await;
+    tracing::info!(vcluster = %opts.name, "stopped");
+    Ok(())
+}
+
+async fn api_ready(client: &kube::Client) -> bool {
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
+}
+
+fn proxy_config(
+    pki: &crate::pki::Pki,
+    control_plane: &ControlPlane,
+    internal: kube::Client,
+) -> Result<ProxyConfig, ServeError> {
+    let proxy_leaf = pki.leaf(Leaf::Proxy);
+    let tenant_ca = &pki.ca(Authority::Tenant).cert_pem;
+    let front = pki.leaf(Leaf::FrontProxyClient);
+    Ok(ProxyConfig {
+        tls: tls::server_config(&proxy_leaf.cert_pem, &proxy_leaf.key_pem, tenant_ca)?,
+        backend_url: control_plane.apiserver_url(),
+        backend_tls: tls::client_config(tenant_ca, &front.cert_pem, &front.key_pem)?,
+        tokens: TokenAuthenticator::new(internal),
+    })
+}
+
+async fn publish_kubeconfig(
+    opts: &ServeOptions,
+    pki: &crate::pki::Pki,
+    server: &str,
+    store: &HostStore,
+) -> Result<(), ServeError> {
+    let admin = pki.leaf(Leaf::Admin);
+    let context = kubeconfig::context_name(&opts.name);
+    let yaml = kubeconfig::render(&KubeconfigSpec {
+        context: &context,
+        server,
+        ca_pem: &pki.ca(Authority::Tenant).cert_pem,
+        cert_pem: &admin.cert_pem,
+        key_pem: &admin.key_pem,
+        namespace: None,
+    })?;
+    if let Some(path) = &opts.kubeconfig_out {
+        write_private(path, yaml.as_bytes())?;
+    }
+    store.put_kubeconfig(&yaml).await?;
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| ServeError::Write {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
