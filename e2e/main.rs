@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests of vkube against real Kubernetes components (built by hack/). They need a
+//! host cluster: run them with `hack/test.sh`, which starts one and sets
+//! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
+
+mod common;
+mod serve;

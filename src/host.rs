@@ -31,9 +31,15 @@ pub fn default_namespace(tenant: &str) -> String {
 pub enum HostError {
     #[error("cannot reach the host API server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("host namespace {0:?} does not exist: create it (kubectl create namespace {0}) or pass --create-namespace")]
+    #[error("host kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error(
+        "host namespace {0:?} does not exist: create it (kubectl create namespace {0}) or pass --create-namespace"
+    )]
     NamespaceMissing(String),
-    #[error("secret {namespace}/{name} is corrupt ({source}); delete it to generate new credentials (this invalidates kubeconfigs already handed out)")]
+    #[error(
+        "secret {namespace}/{name} is corrupt ({source}); delete it to generate new credentials (this invalidates kubeconfigs already handed out)"
+    )]
     CorruptSecret {
         namespace: String,
         name: String,
@@ -59,21 +65,21 @@ pub async fn host_client(
 ) -> Result<(kube::Client, String), HostError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| HostError::Unreachable {
-                url: path.display().to_string(),
-                reason: format!("cannot read kubeconfig: {e}"),
-            })?;
+            let invalid = |e: &dyn std::error::Error| HostError::Kubeconfig {
+                path: path.display().to_string(),
+                reason: error_chain(e),
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| invalid(&e))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .map_err(|e| HostError::Unreachable {
-                    url: path.display().to_string(),
-                    reason: format!("invalid kubeconfig: {e}"),
-                })?
+                .map_err(|e| invalid(&e))?
         }
-        None => kube::Config::infer().await.map_err(|e| HostError::Unreachable {
-            url: "(in-cluster or $KUBECONFIG)".into(),
-            reason: e.to_string(),
-        })?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| HostError::Unreachable {
+                url: "(in-cluster or $KUBECONFIG)".into(),
+                reason: e.to_string(),
+            })?,
     };
     config.connect_timeout = Some(Duration::from_secs(5));
     let url = config.cluster_url.to_string();
@@ -158,17 +164,21 @@ impl HostStore {
             let existing = api.get_opt(&name).await.map_err(|e| self.api_error(e))?;
             match existing {
                 Some(secret) => {
-                    let mut pki = Pki::from_secret_data(&from_bytes(secret.data.clone()))
-                        .map_err(|source| HostError::CorruptSecret {
+                    let mut pki = Pki::from_secret_data(&from_bytes(secret.data.clone())).map_err(
+                        |source| HostError::CorruptSecret {
                             namespace: self.namespace.clone(),
                             name: name.clone(),
                             source,
-                        })?;
+                        },
+                    )?;
                     let reissued = pki.reconcile(spec)?;
                     if reissued.is_empty() {
                         return Ok(pki);
                     }
-                    tracing::info!(?reissued, "re-issuing certificates whose names or expiry changed");
+                    tracing::info!(
+                        ?reissued,
+                        "re-issuing certificates whose names or expiry changed"
+                    );
                     let mut updated = secret;
                     updated.data = Some(to_bytes(pki.to_secret_data()));
                     match api.replace(&name, &PostParams::default(), &updated).await {

@@ -193,14 +193,7 @@ impl PkiSpec {
                     false,
                     true,
                 ),
-                Leaf::EtcdServer => (
-                    Authority::Etcd,
-                    "etcd",
-                    &[],
-                    &loopback,
-                    true,
-                    true,
-                ),
+                Leaf::EtcdServer => (Authority::Etcd, "etcd", &[], &loopback, true, true),
                 Leaf::ApiServerEtcdClient => (
                     Authority::Etcd,
                     "kube-apiserver-etcd-client",
@@ -339,7 +332,10 @@ impl Pki {
         let mut reissued = Vec::new();
         for leaf in Leaf::ALL {
             let want = spec.leaf(leaf);
-            let fits = match (self.leaves.get(&leaf), self.authorities.get(&want.authority)) {
+            let fits = match (
+                self.leaves.get(&leaf),
+                self.authorities.get(&want.authority),
+            ) {
                 (Some(have), Some(ca)) => leaf_fits(have, ca, &want, now),
                 _ => false,
             };
@@ -638,8 +634,8 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
             }
         }
     }
-    let not_after =
-        OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).unwrap_or(
+    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .unwrap_or(
             OffsetDateTime::UNIX_EPOCH, // an unrepresentable date is treated as expired
         );
     Ok(CertFacts {
@@ -701,11 +697,15 @@ mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::server::danger::ClientCertVerifier;
     use std::sync::Arc;
 
     fn spec() -> PkiSpec {
-        PkiSpec::new("alice", "vkube-alice", "vkube-alice", &["api.example.test".into()])
+        PkiSpec::new(
+            "alice",
+            "vkube-alice",
+            "vkube-alice",
+            &["api.example.test".into()],
+        )
     }
 
     fn roots(ca_pem: &str) -> Arc<rustls::RootCertStore> {
@@ -867,14 +867,20 @@ mod tests {
         assert_eq!(reissued, vec![Leaf::Proxy, Leaf::Admin]);
 
         let mut bad = pki.to_secret_data();
-        bad.insert("ca.crt".into(), b"-----BEGIN CERTIFICATE-----\nAAAA\n".to_vec());
+        bad.insert(
+            "ca.crt".into(),
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n".to_vec(),
+        );
         assert!(matches!(
             Pki::from_secret_data(&bad),
             Err(PkiError::Corrupt { .. })
         ));
         let mut swapped = pki.to_secret_data();
         let other = Pki::generate(&s).unwrap();
-        swapped.insert("ca.key".into(), other.ca(Authority::Tenant).key_pem.clone().into());
+        swapped.insert(
+            "ca.key".into(),
+            other.ca(Authority::Tenant).key_pem.clone().into(),
+        );
         assert!(matches!(
             Pki::from_secret_data(&swapped),
             Err(PkiError::Corrupt { .. })

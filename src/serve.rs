@@ -133,17 +133,18 @@ pub async fn run(
                     let Ok(client) = kubeconfig::client_from_yaml(&yaml).await else {
                         return false;
                     };
-                    if let Ok(kcm_yaml) = kubeconfig::render(&KubeconfigSpec {
+                    let Ok(kcm_yaml) = kubeconfig::render(&KubeconfigSpec {
                         context: "kube-controller-manager",
                         server: &url,
                         ca_pem: &ca_pem,
                         cert_pem: &kcm.cert_pem,
                         key_pem: &kcm.key_pem,
                         namespace: None,
-                    }) {
-                        if write_private(&kcm_kubeconfig, kcm_yaml.as_bytes()).is_err() {
-                            return false;
-                        }
+                    }) else {
+                        return false;
+                    };
+                    if write_private(&kcm_kubeconfig, kcm_yaml.as_bytes()).is_err() {
+                        return false;
                     }
                     let _ = internal_client.set(client.clone());
                     client

@@ -32,7 +32,7 @@ enum LogFormat {
 enum Command {
     /// Run one virtual cluster's control plane (etcd, kube-apiserver, controller-manager) and
     /// its TLS API proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the admin kubeconfig of a virtual cluster (read from its host namespace).
     Kubeconfig(KubeconfigArgs),
 }
@@ -107,7 +107,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     vkube::tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -148,8 +151,10 @@ const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -177,7 +182,7 @@ fn find_binary(
         })
 }
 
-async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
     let binaries = Binaries {
         etcd: find_binary(args.etcd_bin, args.bin_dir.as_ref(), "etcd")?,
         kube_apiserver: find_binary(

@@ -142,7 +142,10 @@ pub fn apiserver_args(pki: &PkiFiles, ports: Ports, service_cidr: &str) -> Vec<S
         "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
         format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
         format!("--api-audiences={SERVICE_ACCOUNT_ISSUER}"),
-        format!("--service-account-key-file={}", p(pki.service_account_pub())),
+        format!(
+            "--service-account-key-file={}",
+            p(pki.service_account_pub())
+        ),
         format!(
             "--service-account-signing-key-file={}",
             p(pki.service_account_key())
@@ -396,9 +399,7 @@ mod tests {
     use super::*;
 
     fn files() -> PkiFiles {
-        PkiFiles {
-            dir: "/pki".into(),
-        }
+        PkiFiles { dir: "/pki".into() }
     }
     const PORTS: Ports = Ports {
         etcd_client: 2379,
@@ -411,7 +412,9 @@ mod tests {
         let args = apiserver_args(&files(), PORTS, "10.96.0.0/12");
         assert!(args.contains(&"--bind-address=127.0.0.1".to_string()));
         assert!(args.contains(&"--secure-port=6443".to_string()));
-        assert!(args.contains(&"--requestheader-client-ca-file=/pki/front-proxy-ca.crt".to_string()));
+        assert!(
+            args.contains(&"--requestheader-client-ca-file=/pki/front-proxy-ca.crt".to_string())
+        );
         assert!(args.contains(&"--requestheader-allowed-names=front-proxy-client".to_string()));
         assert!(args.contains(&"--etcd-servers=https://127.0.0.1:2379".to_string()));
         assert!(args.contains(&"--authorization-mode=RBAC".to_string()));

@@ -57,11 +57,19 @@ impl Backoff {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessState {
     Starting,
-    Running { pid: u32, restarts: u32 },
+    Running {
+        pid: u32,
+        restarts: u32,
+    },
     /// Exited on its own; will be restarted unless stopping.
-    Exited { status: String, restarts: u32 },
+    Exited {
+        status: String,
+        restarts: u32,
+    },
     /// Could not be started at all (e.g. exec failed).
-    SpawnFailed { error: String },
+    SpawnFailed {
+        error: String,
+    },
     Stopped,
 }
 
@@ -207,10 +215,7 @@ async fn run(
                     break;
                 }
                 tracing::warn!(component = %spec.name, %status, "process exited; restarting");
-                let _ = state.send(ProcessState::Exited {
-                    status,
-                    restarts,
-                });
+                let _ = state.send(ProcessState::Exited { status, restarts });
                 if started.elapsed() >= backoff.stable_after {
                     failures = 0;
                 }
@@ -309,7 +314,9 @@ async fn forward_lines<R: AsyncRead + Unpin>(
         match classify(&line) {
             LineLevel::Error => tracing::warn!(target: "vkube::child", component = %name, "{line}"),
             // Startup warnings of kube components are many and benign; keep them for debugging.
-            LineLevel::Warning => tracing::debug!(target: "vkube::child", component = %name, "{line}"),
+            LineLevel::Warning => {
+                tracing::debug!(target: "vkube::child", component = %name, "{line}")
+            }
             LineLevel::Info => tracing::debug!(target: "vkube::child", component = %name, "{line}"),
         }
         if let Ok(mut buf) = last_lines.lock() {
@@ -330,10 +337,14 @@ pub enum LineLevel {
 
 /// Severity of a line from klog (`E1125 12:00:00.000000 ...`) or etcd's JSON logs.
 pub fn classify(line: &str) -> LineLevel {
-    let klog = |c: char| {
-        line.starts_with(c) && line.as_bytes().get(1).is_some_and(|b| b.is_ascii_digit())
-    };
-    if klog('E') || klog('F') || line.contains("\"level\":\"error\"") || line.contains("\"level\":\"fatal\"") || line.contains("\"level\":\"panic\"") {
+    let klog =
+        |c: char| line.starts_with(c) && line.as_bytes().get(1).is_some_and(|b| b.is_ascii_digit());
+    if klog('E')
+        || klog('F')
+        || line.contains("\"level\":\"error\"")
+        || line.contains("\"level\":\"fatal\"")
+        || line.contains("\"level\":\"panic\"")
+    {
         LineLevel::Error
     } else if klog('W') || line.contains("\"level\":\"warn\"") {
         LineLevel::Warning
@@ -357,10 +368,19 @@ mod tests {
 
     #[test]
     fn classifies_klog_and_etcd_lines() {
-        assert_eq!(classify("E1125 16:00:00.1 1 x.go:1] boom"), LineLevel::Error);
-        assert_eq!(classify("W1125 16:00:00.1 1 x.go:1] hmm"), LineLevel::Warning);
+        assert_eq!(
+            classify("E1125 16:00:00.1 1 x.go:1] boom"),
+            LineLevel::Error
+        );
+        assert_eq!(
+            classify("W1125 16:00:00.1 1 x.go:1] hmm"),
+            LineLevel::Warning
+        );
         assert_eq!(classify("I1125 16:00:00.1 1 x.go:1] fine"), LineLevel::Info);
-        assert_eq!(classify("{\"level\":\"warn\",\"msg\":\"slow\"}"), LineLevel::Warning);
+        assert_eq!(
+            classify("{\"level\":\"warn\",\"msg\":\"slow\"}"),
+            LineLevel::Warning
+        );
         assert_eq!(classify("Error: unknown flag"), LineLevel::Info);
     }
 
@@ -382,10 +402,10 @@ mod tests {
         let mut state = p.state();
         let restarted = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                if let ProcessState::Running { restarts, .. } = &*state.borrow_and_update() {
-                    if *restarts >= 2 {
-                        return;
-                    }
+                if let ProcessState::Running { restarts, .. } = &*state.borrow_and_update()
+                    && *restarts >= 2
+                {
+                    return;
                 }
                 if state.changed().await.is_err() {
                     return;
@@ -403,7 +423,10 @@ mod tests {
         let spec = ProcessSpec {
             name: "sleeper".into(),
             program: "/bin/sh".into(),
-            args: vec!["-c".into(), "trap 'exit 0' TERM; while :; do sleep 0.05; done".into()],
+            args: vec![
+                "-c".into(),
+                "trap 'exit 0' TERM; while :; do sleep 0.05; done".into(),
+            ],
             env: vec![],
         };
         let p = Supervised::start(spec, Backoff::default()).unwrap();
@@ -416,7 +439,10 @@ mod tests {
         };
         let started = Instant::now();
         p.stop().await;
-        assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM was not honoured");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM was not honoured"
+        );
         // Reaped: the pid no longer exists (kill with signal 0 fails).
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
         assert!(!alive, "child {pid} still exists after stop");

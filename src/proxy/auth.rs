@@ -62,7 +62,11 @@ impl TokenAuthenticator {
                 extra: user.extra.unwrap_or_default().into_iter().collect(),
             })
         });
-        let ttl = if identity.is_some() { POSITIVE_TTL } else { NEGATIVE_TTL };
+        let ttl = if identity.is_some() {
+            POSITIVE_TTL
+        } else {
+            NEGATIVE_TTL
+        };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_ENTRIES {
                 let now = Instant::now();

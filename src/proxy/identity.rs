@@ -143,7 +143,23 @@ pub fn forwarded_headers(incoming: &HeaderMap, identity: Option<&Identity>) -> H
 pub fn encode_extra_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
-        let keep = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'!' | b'#' | b'$' | b'&' | b'\'' | b'*' | b'+' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'!'
+                    | b'#'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
         if keep {
             out.push(b.to_ascii_lowercase() as char);
         } else {
@@ -181,7 +197,10 @@ mod tests {
             user: "alice".into(),
             uid: None,
             groups: vec!["dev".into(), "system:authenticated".into()],
-            extra: vec![("authentication.kubernetes.io/pod-name".into(), vec!["web-1".into()])],
+            extra: vec![(
+                "authentication.kubernetes.io/pod-name".into(),
+                vec!["web-1".into()],
+            )],
         }
     }
 
@@ -235,15 +254,30 @@ mod tests {
         let out = forwarded_headers(&upgrade, None);
         assert_eq!(out.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(out.get(header::CONNECTION).unwrap(), "Upgrade");
-        assert_eq!(out.get("sec-websocket-protocol").unwrap(), "v5.channel.k8s.io");
+        assert_eq!(
+            out.get("sec-websocket-protocol").unwrap(),
+            "v5.channel.k8s.io"
+        );
     }
 
     #[test]
     fn bearer_tokens_are_parsed_strictly() {
-        assert_eq!(bearer_token(&headers(&[("Authorization", "Bearer abc")])), Some("abc"));
-        assert_eq!(bearer_token(&headers(&[("Authorization", "bearer  abc ")])), Some("abc"));
-        assert_eq!(bearer_token(&headers(&[("Authorization", "Basic abc")])), None);
-        assert_eq!(bearer_token(&headers(&[("Authorization", "Bearer ")])), None);
+        assert_eq!(
+            bearer_token(&headers(&[("Authorization", "Bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("Authorization", "bearer  abc ")])),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("Authorization", "Basic abc")])),
+            None
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("Authorization", "Bearer ")])),
+            None
+        );
         assert_eq!(bearer_token(&HeaderMap::new()), None);
     }
 

@@ -146,17 +146,13 @@ impl Proxy {
                     .and_then(|chain| chain.first())
                     .and_then(|der| crate::pki::cert_facts(der).ok())
                     .and_then(|f| {
-                        Identity::from_certificate(
-                            &f.subject_common_name,
-                            &f.subject_organizations,
-                        )
+                        Identity::from_certificate(&f.subject_common_name, &f.subject_organizations)
                     });
                 let cert_identity = Arc::new(cert_identity);
                 let service = hyper::service::service_fn(move |req| {
                     handle(req, cert_identity.clone(), state.clone())
                 });
-                let builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await
@@ -169,7 +165,9 @@ impl Proxy {
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A Kubernetes `Status` response, as the API server itself would send.
@@ -288,24 +286,20 @@ async fn forward(
         }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(client_upgrade) = client_upgrade {
-            let backend_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, backend_upgrade) {
-                    Ok((client, backend)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut backend = TokioIo::new(backend);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut backend).await
-                        {
-                            tracing::debug!(error = %e, "upgraded stream ended");
-                        }
+    if switching && let Some(client_upgrade) = client_upgrade {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, backend_upgrade) {
+                Ok((client, backend)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut backend = TokioIo::new(backend);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                        tracing::debug!(error = %e, "upgraded stream ended");
                     }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
-            });
-        }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
     }
     let (mut parts, body) = resp.into_parts();
     identity::strip_hop_by_hop(&mut parts.headers, switching);

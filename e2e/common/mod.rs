@@ -1,0 +1,351 @@
+//! Test harness for e2e tests: a real host cluster (from hack/host-cluster.sh, found through
+//! VKUBE_E2E_HOST_KUBECONFIG) and `vkube serve` started as the real binary, one per tenant.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Env {
+    pub host_kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+pub fn env() -> Env {
+    let host_kubeconfig = std::env::var_os("VKUBE_E2E_HOST_KUBECONFIG")
+        .map(PathBuf::from)
+        .expect(
+            "VKUBE_E2E_HOST_KUBECONFIG is not set: the e2e tests need a real host cluster. \
+             Run them with hack/test.sh (or hack/host-cluster.sh up and export the printed path).",
+        );
+    let bin_dir = std::env::var_os("VKUBE_BIN_DIR")
+        .map(PathBuf::from)
+        .expect("VKUBE_BIN_DIR is not set: point it at the output of hack/build-components.sh");
+    Env {
+        host_kubeconfig,
+        bin_dir,
+    }
+}
+
+pub fn vkube_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vkube"))
+}
+
+pub fn kubectl_bin() -> PathBuf {
+    env().bin_dir.join("kubectl")
+}
+
+/// A short random suffix so reruns against the same host cluster never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{prefix}-{:05x}",
+        (nanos ^ std::process::id() ^ (n << 16)) & 0xfffff
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// kubectl that must succeed; returns stdout.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, args, None);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub async fn host_client() -> kube::Client {
+    vkube::tls::install_crypto_provider();
+    let yaml = std::fs::read_to_string(env().host_kubeconfig).unwrap();
+    vkube::kubeconfig::client_from_yaml(&yaml).await.unwrap()
+}
+
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    vkube::tls::install_crypto_provider();
+    let yaml = std::fs::read_to_string(kubeconfig).unwrap();
+    vkube::kubeconfig::client_from_yaml(&yaml).await.unwrap()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One `vkube serve` process.
+pub struct Tenant {
+    pub name: String,
+    pub namespace: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Tenant {
+    /// Starts a new tenant with a fresh data directory and waits until it is ready.
+    pub fn start(prefix: &str) -> Tenant {
+        let mut t = Tenant::new(prefix);
+        t.spawn();
+        t.wait_ready();
+        t
+    }
+
+    /// A tenant that is not started yet.
+    pub fn new(prefix: &str) -> Tenant {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = unique(prefix);
+        Tenant {
+            namespace: format!("vkube-{name}"),
+            name,
+            dir: tmp.path().to_path_buf(),
+            port: free_port(),
+            kubeconfig: tmp.path().join("kubeconfig"),
+            log: tmp.path().join("serve.log"),
+            child: None,
+            _tmp: Some(tmp),
+        }
+    }
+
+    pub fn serve_args(&self) -> Vec<String> {
+        let env = env();
+        vec![
+            "serve".into(),
+            "--name".into(),
+            self.name.clone(),
+            "--host-kubeconfig".into(),
+            env.host_kubeconfig.display().to_string(),
+            "--create-namespace".into(),
+            "--bin-dir".into(),
+            env.bin_dir.display().to_string(),
+            "--data-dir".into(),
+            self.data_dir().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--kubeconfig-out".into(),
+            self.kubeconfig.display().to_string(),
+        ]
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(vkube_bin())
+            .args(self.serve_args())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("vkube serve starts");
+        self.child = Some(child);
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Ready = the kubeconfig was published (serve writes it after /readyz passed).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self.kubeconfig.exists() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "vkube serve for {} exited ({status}) before ready:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vkube serve for {} not ready in 120 s:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl(&self.kubeconfig, args, None)
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        kubectl_ok(&self.kubeconfig, args)
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Pids of live (non-zombie) processes whose command line mentions `needle`, and of zombie
+/// children of `parent`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let mut cmdline = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(entry.path().join("cmdline")) {
+            let _ = f.read_to_end(&mut cmdline);
+        }
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Reads lines from a child's stdout on a thread, so tests can wait for each one with a timeout.
+pub fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs `vkube` with `args`; returns (exit success, stderr). Fails if it takes longer than `limit`.
+pub fn run_vkube(args: &[String], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(vkube_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), err);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vkube {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
