@@ -9,4 +9,6 @@ pub mod names;
 pub mod pki;
 pub mod proxy;
 pub mod serve;
+pub mod syncer;
 pub mod tls;
+pub mod translate;

@@ -15,7 +15,11 @@ use crate::kubeconfig::{self, KubeconfigError, KubeconfigSpec};
 use crate::names::{InvalidName, validate_tenant_name};
 use crate::pki::{Authority, Leaf, PkiError, PkiSpec};
 use crate::proxy::{Proxy, ProxyConfig, ProxyError, auth::TokenAuthenticator};
+use crate::syncer::{self, SyncError, SyncerConfig};
 use crate::tls::{self, TlsError};
+use crate::translate::Tenant;
+use crate::translate::security::Level;
+use crate::translate::service::ServicePolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -33,6 +37,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -57,6 +63,18 @@ pub struct ServeOptions {
     pub kubeconfig_out: Option<PathBuf>,
     pub kubeconfig_server: Option<String>,
     pub startup_timeout: Duration,
+    /// Syncer settings; `None` runs the control plane without syncing anything to the host.
+    pub syncer: Option<SyncerOptions>,
+}
+
+/// What the syncer copies and allows; the tenant and host namespace come from the serve options.
+#[derive(Debug, Clone)]
+pub struct SyncerOptions {
+    pub concurrency: u16,
+    pub sync_all_config_maps: bool,
+    pub sync_all_secrets: bool,
+    pub service_policy: ServicePolicy,
+    pub pod_security: Level,
 }
 
 /// Runs until `shutdown` resolves, then stops everything in order.
@@ -75,7 +93,7 @@ pub async fn run(
     let listen_addr = listener.local_addr().unwrap_or(opts.listen);
 
     let (host, host_url) = crate::host::host_client(opts.host_kubeconfig.as_deref()).await?;
-    let store = HostStore::new(host, &host_url, &namespace, &opts.name);
+    let store = HostStore::new(host.clone(), &host_url, &namespace, &opts.name);
     if opts.create_namespace {
         store.create_namespace().await?;
     }
@@ -164,6 +182,18 @@ pub async fn run(
         .into());
     };
 
+    let virt_client = internal.clone();
+    // Ready means a tenant can create pods right away: that needs the default ServiceAccount,
+    // which the controller manager creates a moment after it starts.
+    if !default_service_account(&virt_client, opts.startup_timeout).await {
+        control_plane.stop().await;
+        return Err(ControlPlaneError::Timeout {
+            component: "kube-controller-manager (default ServiceAccount)".into(),
+            timeout: opts.startup_timeout,
+            last_line: None,
+        }
+        .into());
+    }
     let proxy_config = match proxy_config(&pki, &control_plane, internal) {
         Ok(c) => c,
         Err(e) => {
@@ -196,6 +226,24 @@ pub async fn run(
         control_plane.stop().await;
         return Err(e);
     }
+    let (syncer_stop, syncer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let syncer_task = opts.syncer.clone().map(|o| {
+        let config = SyncerConfig {
+            concurrency: o.concurrency,
+            sync_all_config_maps: o.sync_all_config_maps,
+            sync_all_secrets: o.sync_all_secrets,
+            service_policy: o.service_policy,
+            pod_security: o.pod_security,
+            ..SyncerConfig::new(Tenant {
+                name: opts.name.clone(),
+                host_namespace: namespace.clone(),
+            })
+        };
+        let virt = virt_client.clone();
+        tokio::spawn(syncer::run(virt, host.clone(), config, async move {
+            let _ = syncer_stopped.await;
+        }))
+    });
     let pids = control_plane.pids();
     tracing::info!(
         vcluster = %opts.name,
@@ -208,11 +256,32 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!(vcluster = %opts.name, "shutting down");
+    let _ = syncer_stop.send(());
+    if let Some(task) = syncer_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "syncer ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "syncer task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
     control_plane.stop().await;
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
+}
+
+async fn default_service_account(client: &kube::Client, timeout: Duration) -> bool {
+    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = api.get_opt("default").await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 async fn api_ready(client: &kube::Client) -> bool {

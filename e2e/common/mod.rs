@@ -147,11 +147,12 @@ impl Tenant {
         t
     }
 
-    /// A tenant that is not started yet.
+    /// A tenant that is not started yet. Its host namespace exists, with the ServiceAccount and
+    /// Role of manifests/serve-rbac.yaml: `vkube serve` runs with exactly those rights.
     pub fn new(prefix: &str) -> Tenant {
         let tmp = tempfile::tempdir().unwrap();
         let name = unique(prefix);
-        Tenant {
+        let t = Tenant {
             namespace: format!("vkube-{name}"),
             name,
             dir: tmp.path().to_path_buf(),
@@ -160,7 +161,51 @@ impl Tenant {
             log: tmp.path().join("serve.log"),
             child: None,
             _tmp: Some(tmp),
-        }
+        };
+        t.prepare_host_namespace();
+        t
+    }
+
+    /// Path of the host kubeconfig `vkube serve` uses: the namespace-scoped ServiceAccount.
+    pub fn host_kubeconfig(&self) -> PathBuf {
+        self.dir.join("host-sa.kubeconfig")
+    }
+
+    fn prepare_host_namespace(&self) {
+        let admin = env().host_kubeconfig;
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/serve-rbac.yaml"),
+        )
+        .unwrap()
+        .replace("NAMESPACE", &self.namespace);
+        kubectl_ok(&admin, &["create", "namespace", &self.namespace]);
+        let out = kubectl(&admin, &["apply", "-f", "-"], Some(&manifest));
+        assert!(
+            out.status.success(),
+            "applying serve-rbac.yaml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = kubectl_ok(
+            &admin,
+            &[
+                "create",
+                "token",
+                "vkube",
+                "-n",
+                &self.namespace,
+                "--duration=6h",
+            ],
+        );
+        let kc = kube::config::Kubeconfig::read_from(&admin).unwrap();
+        let cluster = kc.clusters[0].cluster.clone().unwrap();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: host\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: vkube\n  user:\n    token: {}\ncontexts:\n- name: host\n  context: {{cluster: host, user: vkube, namespace: {}}}\ncurrent-context: host\n",
+            cluster.server.unwrap(),
+            cluster.certificate_authority_data.unwrap(),
+            token.trim(),
+            self.namespace
+        );
+        std::fs::write(self.host_kubeconfig(), yaml).unwrap();
     }
 
     pub fn serve_args(&self) -> Vec<String> {
@@ -170,8 +215,7 @@ impl Tenant {
             "--name".into(),
             self.name.clone(),
             "--host-kubeconfig".into(),
-            env.host_kubeconfig.display().to_string(),
-            "--create-namespace".into(),
+            self.host_kubeconfig().display().to_string(),
             "--bin-dir".into(),
             env.bin_dir.display().to_string(),
             "--data-dir".into(),
@@ -267,6 +311,24 @@ impl Tenant {
 
     pub async fn client(&self) -> kube::Client {
         client_for(&self.kubeconfig).await
+    }
+
+    /// Creates a virtual namespace and waits for its default ServiceAccount (pods are refused
+    /// until the virtual controller-manager has made it, as on any cluster).
+    pub fn create_namespace(&self, ns: &str) {
+        self.kubectl_ok(&["create", "namespace", ns]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .kubectl(&["get", "serviceaccount", "default", "-n", ns])
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no default ServiceAccount in {ns}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self) -> String {

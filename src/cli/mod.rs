@@ -90,6 +90,27 @@ struct ServeArgs {
     /// Give up if the virtual API is not ready within this many seconds.
     #[arg(long, default_value_t = 120)]
     startup_timeout_seconds: u64,
+    /// Run only the control plane; copy nothing to the host.
+    #[arg(long)]
+    no_sync: bool,
+    /// Reconciles in flight per synced kind (host writes are bounded by this, not rate-limited).
+    #[arg(long, env = "VKUBE_SYNC_CONCURRENCY", default_value_t = 32)]
+    sync_concurrency: u16,
+    /// Copy every ConfigMap to the host, not only those pods reference.
+    #[arg(long)]
+    sync_all_configmaps: bool,
+    /// Copy every Secret to the host, not only those pods reference.
+    #[arg(long)]
+    sync_all_secrets: bool,
+    /// Let tenants create NodePort Services on the host (default: downgraded to ClusterIP).
+    #[arg(long)]
+    allow_node_port: bool,
+    /// Let tenants create LoadBalancer Services on the host (default: downgraded to ClusterIP).
+    #[arg(long)]
+    allow_load_balancer: bool,
+    /// Pod Security level enforced before a pod reaches the host: baseline or restricted.
+    #[arg(long, default_value = "baseline")]
+    pod_security: vkube::translate::security::Level,
 }
 
 #[derive(clap::Args, Debug)]
@@ -213,6 +234,16 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         kubeconfig_out: args.kubeconfig_out,
         kubeconfig_server: args.kubeconfig_server,
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
+        syncer: (!args.no_sync).then_some(serve::SyncerOptions {
+            concurrency: args.sync_concurrency.max(1),
+            sync_all_config_maps: args.sync_all_configmaps,
+            sync_all_secrets: args.sync_all_secrets,
+            service_policy: vkube::translate::service::ServicePolicy {
+                allow_node_port: args.allow_node_port,
+                allow_load_balancer: args.allow_load_balancer,
+            },
+            pod_security: args.pod_security,
+        }),
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())

@@ -1,0 +1,603 @@
+//! The syncer, against a real host cluster with kwok nodes: virtual workloads become host pods
+//! under translated names in the tenant's host namespace, and their truth flows back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Node, Pod, Secret, Service, ServicePort, ServiceSpec,
+};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+
+use crate::common::{self, Tenant, eventually};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn deployment(ns: &str, name: &str, replicas: u32, image: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{{name: main, image: {image}, ports: [{{containerPort: 80}}]}}]
+"#
+    )
+}
+
+fn apply(t: &Tenant, yaml: &str) {
+    let out = common::kubectl(&t.kubeconfig, &["apply", "-f", "-"], Some(yaml));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Host pods of tenant `t` that came from virtual namespace `ns`.
+async fn host_pods(host: &Client, t: &Tenant, ns: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(host.clone(), &t.namespace)
+        .list(&ListParams::default().labels(&format!(
+            "vkube.dev/managed-by={},vkube.dev/namespace={ns}",
+            t.name
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn running_ready(p: &Pod) -> bool {
+    let s = p.status.clone().unwrap_or_default();
+    s.phase.as_deref() == Some("Running")
+        && s.conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: usize) {
+    let vpods: Api<Pod> = Api::namespaced(virt.clone(), ns);
+    eventually(
+        &format!("{n} running pods on both sides of {ns}"),
+        LONG,
+        || async {
+            let h: Vec<Pod> = host_pods(host, t, ns)
+                .await
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let v = vpods.list(&ListParams::default()).await.ok()?.items;
+            (h.len() == n && v.len() == n && v.iter().all(running_ready)).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn events_for(virt: &Client, ns: &str, name: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(virt.clone(), ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+async fn wait_event(virt: &Client, ns: &str, name: &str, reason: &str) -> Event {
+    eventually(&format!("event {reason} on {ns}/{name}"), LONG, || async {
+        events_for(virt, ns, name)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_runs_on_the_host_scales_and_rolls() {
+    let t = Tenant::start("deploy");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    t.create_namespace("shop");
+    apply(&t, &deployment("shop", "web", 3, "registry.local/web:1"));
+    wait_replicas(&host, &t, &virt, "shop", 3).await;
+
+    // Names are translated, status is the host's truth, pods sit on virtual nodes.
+    let vpods = Api::<Pod>::namespaced(virt.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let hpods = host_pods(&host, &t, "shop").await;
+    for v in &vpods {
+        let host_name = format!("{}-x-shop-x-{}", v.name_any(), t.name);
+        let h = hpods
+            .iter()
+            .find(|h| h.name_any() == host_name)
+            .unwrap_or_else(|| panic!("no host pod {host_name}"));
+        let (vs, hs) = (v.status.clone().unwrap(), h.status.clone().unwrap());
+        assert_eq!(vs.pod_ip, hs.pod_ip);
+        assert!(vs.pod_ip.is_some());
+        let node = v.spec.as_ref().unwrap().node_name.clone().unwrap();
+        assert_eq!(Some(&node), h.spec.as_ref().unwrap().node_name.as_ref());
+        Api::<Node>::all(virt.clone()).get(&node).await.unwrap();
+        assert_eq!(
+            h.annotations().get("vkube.dev/uid"),
+            v.metadata.uid.as_ref()
+        );
+    }
+
+    t.kubectl_ok(&["scale", "-n", "shop", "deployment/web", "--replicas=5"]);
+    wait_replicas(&host, &t, &virt, "shop", 5).await;
+
+    // Rolling update: every host pod ends up with the new image.
+    t.kubectl_ok(&[
+        "set",
+        "image",
+        "-n",
+        "shop",
+        "deployment/web",
+        "main=registry.local/web:2",
+    ]);
+    eventually("all host pods run image web:2", LONG, || async {
+        let h = host_pods(&host, &t, "shop").await;
+        let live: Vec<_> = h
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        (live.len() == 5
+            && live.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.local/web:2")
+            }))
+        .then_some(())
+    })
+    .await;
+    wait_replicas(&host, &t, &virt, "shop", 5).await;
+
+    // Scale to zero: nothing left on either side, and the virtual nodes go too.
+    t.kubectl_ok(&["scale", "-n", "shop", "deployment/web", "--replicas=0"]);
+    wait_replicas(&host, &t, &virt, "shop", 0).await;
+    eventually("unused virtual nodes are removed", LONG, || async {
+        let nodes = Api::<Node>::all(virt.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        nodes.items.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_and_endpoints_are_true_on_both_sides() {
+    let t = Tenant::start("svc");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    apply(&t, &deployment("default", "api", 2, "registry.local/api:1"));
+    t.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "api",
+        "--port=8080",
+        "--target-port=80",
+    ]);
+    wait_replicas(&host, &t, &virt, "default", 2).await;
+
+    let host_svc_name = format!("api-x-default-x-{}", t.name);
+    let hsvc: Api<Service> = Api::namespaced(host.clone(), &t.namespace);
+    let svc = eventually("host service exists", LONG, || async {
+        hsvc.get_opt(&host_svc_name).await.ok().flatten()
+    })
+    .await;
+    let spec = svc.spec.unwrap();
+    let selector = spec.selector.unwrap();
+    assert_eq!(selector["app"], "api");
+    assert_eq!(selector["vkube.dev/namespace"], "default");
+    assert_eq!(selector["vkube.dev/managed-by"], t.name);
+    assert_eq!(spec.ports.unwrap()[0].port, 8080);
+
+    let pod_ips: BTreeSet<String> = host_pods(&host, &t, "default")
+        .await
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let endpoint_ips = |eps: Option<Endpoints>| -> BTreeSet<String> {
+        eps.and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .collect()
+    };
+    let hep: Api<Endpoints> = Api::namespaced(host.clone(), &t.namespace);
+    let vep: Api<Endpoints> = Api::namespaced(virt.clone(), "default");
+    eventually(
+        "host and virtual endpoints list the pods' IPs",
+        LONG,
+        || async {
+            let h = endpoint_ips(hep.get_opt(&host_svc_name).await.ok()?);
+            let v = endpoint_ips(vep.get_opt("api").await.ok()?);
+            (h == pod_ips && v == pod_ips).then_some(())
+        },
+    )
+    .await;
+
+    // NodePort is not allowed by default: ClusterIP on the host, and the tenant is told.
+    let vsvc: Api<Service> = Api::namespaced(virt.clone(), "default");
+    vsvc.create(
+        &PostParams::default(),
+        &Service {
+            metadata: ObjectMeta {
+                name: Some("public".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("NodePort".into()),
+                selector: Some(BTreeMap::from([("app".into(), "api".into())])),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_event(&virt, "default", "public", "ServiceTypeNotAllowed").await;
+    let public = eventually("host copy of the NodePort service", LONG, || async {
+        hsvc.get_opt(&format!("public-x-default-x-{}", t.name))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(public.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+
+    // Deleting the virtual service removes the host copy.
+    vsvc.delete("api", &DeleteParams::default()).await.unwrap();
+    eventually("host service removed", LONG, || async {
+        hsvc.get_opt(&host_svc_name)
+            .await
+            .ok()
+            .and_then(|s| s.is_none().then_some(()))
+    })
+    .await;
+}
+
+const POD_WITH_REFERENCES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: default}
+spec:
+  containers:
+  - name: main
+    image: registry.local/reader:1
+    env:
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: db, key: password}}
+    volumeMounts: [{name: cfg, mountPath: /etc/cfg}]
+  volumes:
+  - name: cfg
+    configMap: {name: settings}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn referenced_configmaps_and_secrets_follow_their_pods() {
+    let t = Tenant::start("refs");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    t.kubectl_ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=color=blue",
+    ]);
+    t.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    t.kubectl_ok(&["create", "configmap", "unused", "--from-literal=a=b"]);
+    apply(&t, POD_WITH_REFERENCES);
+
+    let hcm: Api<ConfigMap> = Api::namespaced(host.clone(), &t.namespace);
+    let hsec: Api<Secret> = Api::namespaced(host.clone(), &t.namespace);
+    let cm_name = format!("settings-x-default-x-{}", t.name);
+    let secret_name = format!("db-x-default-x-{}", t.name);
+    let cm = eventually("host configmap", LONG, || async {
+        hcm.get_opt(&cm_name).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(cm.data.unwrap()["color"], "blue");
+    let secret = eventually("host secret", LONG, || async {
+        hsec.get_opt(&secret_name).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(secret.data.unwrap()["password"].0, b"s3cret");
+    // Not referenced: not copied.
+    assert!(
+        hcm.get_opt(&format!("unused-x-default-x-{}", t.name))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The host pod uses the translated names.
+    let hpod = eventually("host pod", LONG, || async {
+        host_pods(&host, &t, "default").await.into_iter().next()
+    })
+    .await;
+    let spec = hpod.spec.unwrap();
+    assert_eq!(
+        spec.volumes.unwrap()[0].config_map.as_ref().unwrap().name,
+        cm_name
+    );
+
+    // Updates propagate.
+    t.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"color":"red"}}"#,
+    ]);
+    eventually("configmap update reaches the host", LONG, || async {
+        let cm = hcm.get_opt(&cm_name).await.ok()??;
+        (cm.data?.get("color")? == "red").then_some(())
+    })
+    .await;
+
+    // No longer referenced: removed from the host.
+    t.kubectl_ok(&["delete", "pod", "reader", "--wait=false"]);
+    eventually(
+        "host copies removed with the last reference",
+        LONG,
+        || async {
+            let cm = hcm.get_opt(&cm_name).await.ok()?;
+            let s = hsec.get_opt(&secret_name).await.ok()?;
+            (cm.is_none() && s.is_none()).then_some(())
+        },
+    )
+    .await;
+    let _ = virt;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_names_never_collide_across_namespaces_or_tenants() {
+    let a = Tenant::start("same-a");
+    let b = Tenant::start("same-b");
+    let host = common::host_client().await;
+    for t in [&a, &b] {
+        t.create_namespace("one");
+        t.create_namespace("two");
+        for ns in ["one", "two"] {
+            t.kubectl_ok(&["run", "web", "-n", ns, "--image=registry.local/web:1"]);
+        }
+    }
+    for t in [&a, &b] {
+        let virt = t.client().await;
+        for ns in ["one", "two"] {
+            wait_replicas(&host, t, &virt, ns, 1).await;
+            let pods = host_pods(&host, t, ns).await;
+            assert_eq!(pods[0].name_any(), format!("web-x-{ns}-x-{}", t.name));
+            assert_eq!(pods[0].namespace().as_deref(), Some(t.namespace.as_str()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_virtual_namespace_removes_its_host_objects() {
+    let t = Tenant::start("nsdel");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    t.create_namespace("temp");
+    apply(&t, &deployment("temp", "job", 2, "registry.local/job:1"));
+    t.kubectl_ok(&["expose", "-n", "temp", "deployment", "job", "--port=80"]);
+    wait_replicas(&host, &t, &virt, "temp", 2).await;
+    t.kubectl_ok(&["delete", "namespace", "temp", "--wait=false"]);
+    eventually(
+        "host pods and services of the namespace are gone",
+        LONG,
+        || async {
+            let pods = host_pods(&host, &t, "temp").await;
+            let svcs = Api::<Service>::namespaced(host.clone(), &t.namespace)
+                .list(&ListParams::default().labels("vkube.dev/namespace=temp"))
+                .await
+                .ok()?;
+            (pods.is_empty() && svcs.items.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_pod_deleted_by_hand_is_reported_and_replaced() {
+    let t = Tenant::start("byhand");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    apply(&t, &deployment("default", "web", 1, "registry.local/web:1"));
+    wait_replicas(&host, &t, &virt, "default", 1).await;
+    let before = host_pods(&host, &t, "default").await[0].clone();
+    let victim = before.annotations()["vkube.dev/name"].clone();
+    Api::<Pod>::namespaced(host.clone(), &t.namespace)
+        .delete(&before.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("a replacement runs on the host", LONG, || async {
+        let pods = host_pods(&host, &t, "default").await;
+        (pods.len() == 1
+            && pods[0].metadata.uid != before.metadata.uid
+            && running_ready(&pods[0])
+            && pods[0].annotations()["vkube.dev/name"] != victim)
+            .then_some(())
+    })
+    .await;
+    wait_replicas(&host, &t, &virt, "default", 1).await;
+    assert!(
+        Api::<Pod>::namespaced(virt.clone(), "default")
+            .get_opt(&victim)
+            .await
+            .unwrap()
+            .is_none(),
+        "the virtual pod of the deleted host pod is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_and_policy_violations_become_events_and_nothing_foreign_is_touched() {
+    let t = Tenant::start("conflict");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    let hcm: Api<ConfigMap> = Api::namespaced(host.clone(), &t.namespace);
+    let mk = |name: String, labels: Option<BTreeMap<String, String>>| ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels,
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("owner".into(), "someone-else".into())])),
+        ..Default::default()
+    };
+    // An unmanaged host object with exactly the name vkube would use.
+    let taken = format!("taken-x-default-x-{}", t.name);
+    hcm.create(&PostParams::default(), &mk(taken.clone(), None))
+        .await
+        .unwrap();
+    // Another tenant's object and an unrelated one in the same host namespace.
+    let foreign = mk(
+        "other-tenant-object".into(),
+        Some(BTreeMap::from([(
+            "vkube.dev/managed-by".into(),
+            "someone-else".into(),
+        )])),
+    );
+    hcm.create(&PostParams::default(), &foreign).await.unwrap();
+    hcm.create(&PostParams::default(), &mk("unmanaged".into(), None))
+        .await
+        .unwrap();
+
+    t.kubectl_ok(&[
+        "create",
+        "configmap",
+        "taken",
+        "--from-literal=owner=tenant",
+    ]);
+    apply(
+        &t,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: uses-taken, namespace: default}
+spec:
+  containers: [{name: main, image: registry.local/x:1, envFrom: [{configMapRef: {name: taken}}]}]
+"#,
+    );
+    wait_event(&virt, "default", "taken", "HostNameConflict").await;
+    let cm = hcm.get(&taken).await.unwrap();
+    assert_eq!(
+        cm.data.unwrap()["owner"],
+        "someone-else",
+        "never overwritten"
+    );
+
+    // A privileged pod never reaches the host; the tenant sees why.
+    apply(
+        &t,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: escape, namespace: default}
+spec:
+  hostNetwork: true
+  containers: [{name: main, image: registry.local/x:1, securityContext: {privileged: true}}]
+  volumes: [{name: root, hostPath: {path: /}}]
+"#,
+    );
+    let ev = wait_event(&virt, "default", "escape", "HostPolicyViolation").await;
+    let note = ev.message.unwrap_or_default();
+    assert!(
+        note.contains("hostNetwork") && note.contains("hostPath") && note.contains("privileged"),
+        "{note}"
+    );
+    assert!(
+        Api::<Pod>::namespaced(host.clone(), &t.namespace)
+            .get_opt(&format!("escape-x-default-x-{}", t.name))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Let the garbage collector run over the namespace, then check nothing foreign was touched.
+    t.kubectl_ok(&["delete", "pod", "uses-taken", "--wait=false"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["other-tenant-object", "unmanaged", taken.as_str()] {
+        assert!(
+            hcm.get_opt(name).await.unwrap().is_some(),
+            "{name} was touched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
+    const N: usize = 200;
+    let mut t = Tenant::start("burst");
+    let host = common::host_client().await;
+    t.create_namespace("burst");
+    let virt = t.client().await;
+    let pods: Api<Pod> = Api::namespaced(virt.clone(), "burst");
+    let create = |i: usize| {
+        let pods = pods.clone();
+        async move {
+            let p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("p-{i}")},
+                "spec": {"containers": [{"name": "main", "image": "registry.local/x:1"}]}
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &p).await.unwrap();
+        }
+    };
+    use futures::StreamExt;
+    futures::stream::iter(0..N / 2)
+        .map(create)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    // Stop the syncer (and its control plane) while it works through the burst.
+    assert!(t.stop().unwrap().success());
+    t.spawn();
+    t.wait_ready();
+    let virt = t.client().await;
+    let pods: Api<Pod> = Api::namespaced(virt.clone(), "burst");
+    let create = |i: usize| {
+        let pods = pods.clone();
+        async move {
+            let p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("p-{i}")},
+                "spec": {"containers": [{"name": "main", "image": "registry.local/x:1"}]}
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &p).await.unwrap();
+        }
+    };
+    futures::stream::iter(N / 2..N)
+        .map(create)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    wait_replicas(&host, &t, &virt, "burst", N).await;
+    let hpods = host_pods(&host, &t, "burst").await;
+    let origins: BTreeSet<String> = hpods
+        .iter()
+        .map(|p| p.annotations()["vkube.dev/name"].clone())
+        .collect();
+    assert_eq!(origins.len(), N, "one host pod per virtual pod");
+    assert_eq!(hpods.len(), N, "no duplicates, no orphans");
+}

@@ -1,0 +1,83 @@
+//! Garbage collection: host objects labelled as this tenant's whose virtual owner is gone (or,
+//! for configmaps and secrets, no longer referenced) are deleted; virtual nodes no tenant pod
+//! uses any more are removed. Runs once the caches are ready (catching up after a restart),
+//! whenever a deletion is seen, and periodically. Only objects carrying this tenant's label are
+//! ever considered: other tenants' and unmanaged objects in the namespace are never touched.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::{Resource, ResourceExt};
+
+use super::{Context, configmaps, nodes, pods, secrets, services};
+use crate::translate;
+
+pub async fn run(ctx: Arc<Context>) {
+    if ctx.wait_ready().await.is_err() {
+        return;
+    }
+    loop {
+        sweep(&ctx).await;
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.gc_interval) => {}
+            _ = ctx.gc_trigger.notified() => {
+                // Let a burst of deletions settle into one sweep.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn delete<K>(api: &Api<K>, obj: &K, what: &str)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&obj.name_any(), &dp).await {
+        Ok(_) => tracing::info!(kind = what, name = %obj.name_any(), "garbage-collected"),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => {
+            tracing::warn!(kind = what, name = %obj.name_any(), error = %e, "garbage collection failed")
+        }
+    }
+}
+
+pub async fn sweep(ctx: &Context) {
+    let host_pods: Api<Pod> = ctx.host_api();
+    for p in pods::orphans(ctx) {
+        delete(&host_pods, p.as_ref(), "pod").await;
+    }
+    let mut referenced_cms = HashSet::new();
+    let mut referenced_secrets = HashSet::new();
+    for p in ctx.stores.virtual_pods.state() {
+        let ns = p.namespace().unwrap_or_default();
+        let refs = translate::pod::references(&p);
+        referenced_cms.extend(refs.config_maps.into_iter().map(|n| (ns.clone(), n)));
+        referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
+    }
+    let host_cms: Api<ConfigMap> = ctx.host_api();
+    for cm in configmaps::orphans(ctx, &referenced_cms) {
+        delete(&host_cms, cm.as_ref(), "configmap").await;
+    }
+    let host_secrets: Api<Secret> = ctx.host_api();
+    for s in secrets::orphans(ctx, &referenced_secrets) {
+        delete(&host_secrets, s.as_ref(), "secret").await;
+    }
+    let host_services: Api<Service> = ctx.host_api();
+    for s in services::orphans(ctx) {
+        delete(&host_services, s.as_ref(), "service").await;
+    }
+    let virtual_nodes: Api<Node> = Api::all(ctx.virt.clone());
+    for n in nodes::unused(ctx) {
+        delete(&virtual_nodes, n.as_ref(), "virtual node").await;
+    }
+}

@@ -1,0 +1,432 @@
+//! The syncer: copies what must really run from the virtual cluster into the tenant's host
+//! namespace, and the truth (status, nodes) back up.
+//!
+//! One reflector per kind and side feeds shared in-memory stores; controllers (kube-runtime)
+//! read those stores instead of the API servers, so the hot path never GETs and writes only
+//! when the translated object differs from what the host already has (a hash annotation
+//! records what was written). Host objects are found by label `vkube.dev/managed-by=<vc>`;
+//! everything else in the host namespace is invisible to, and never touched by, the syncer.
+
+pub mod apply;
+pub mod configmaps;
+pub mod gc;
+pub mod nodes;
+pub mod pods;
+pub mod secrets;
+pub mod services;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::{Notify, watch};
+
+use crate::translate::security::Level;
+use crate::translate::service::ServicePolicy;
+use crate::translate::{MANAGED_BY, Tenant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("virtual API: {0}")]
+    Virtual(#[source] kube::Error),
+    #[error("host API: {0}")]
+    Host(#[source] kube::Error),
+    #[error("the syncer stopped before its caches were ready")]
+    NotReady,
+}
+
+impl SyncError {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Virtual(_) => "virtual_api",
+            SyncError::Host(_) => "host_api",
+            SyncError::NotReady => "not_ready",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncerConfig {
+    pub tenant: Tenant,
+    /// Reconciles in flight per kind: bounded concurrency instead of a client-side rate limit.
+    pub concurrency: u16,
+    pub sync_all_config_maps: bool,
+    pub sync_all_secrets: bool,
+    pub service_policy: ServicePolicy,
+    pub pod_security: Level,
+    /// How often the garbage collector sweeps even without a trigger.
+    pub gc_interval: Duration,
+}
+
+impl SyncerConfig {
+    pub fn new(tenant: Tenant) -> Self {
+        SyncerConfig {
+            tenant,
+            concurrency: 32,
+            sync_all_config_maps: false,
+            sync_all_secrets: false,
+            service_policy: ServicePolicy::default(),
+            pod_security: Level::Baseline,
+            gc_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The in-memory view of both sides.
+#[derive(Clone)]
+pub struct Stores {
+    pub virtual_pods: Store<Pod>,
+    pub host_pods: Store<Pod>,
+    pub virtual_config_maps: Store<ConfigMap>,
+    pub host_config_maps: Store<ConfigMap>,
+    pub virtual_secrets: Store<Secret>,
+    pub host_secrets: Store<Secret>,
+    pub virtual_services: Store<Service>,
+    pub host_services: Store<Service>,
+    pub virtual_nodes: Store<Node>,
+}
+
+/// Shared by every controller.
+pub struct Context {
+    pub virt: kube::Client,
+    pub host: kube::Client,
+    pub config: SyncerConfig,
+    pub stores: Stores,
+    pub recorder: Recorder,
+    ready: watch::Receiver<bool>,
+    /// Wakes the garbage collector early (a deletion was seen).
+    pub gc_trigger: Arc<Notify>,
+}
+
+impl Context {
+    pub fn tenant(&self) -> &Tenant {
+        &self.config.tenant
+    }
+
+    pub fn host_api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.host.clone(), &self.config.tenant.host_namespace)
+    }
+
+    /// Reconcilers start only once every store holds a complete list: acting on a partial host
+    /// view would re-create (or worse, report as deleted) objects that exist.
+    pub async fn wait_ready(&self) -> Result<(), SyncError> {
+        let mut ready = self.ready.clone();
+        ready
+            .wait_for(|r| *r)
+            .await
+            .map(|_| ())
+            .map_err(|_| SyncError::NotReady)
+    }
+
+    /// A Kubernetes Event on a virtual object (deduplicated into a series by the recorder).
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, object = %obj.name_any(), "could not record event");
+        }
+    }
+}
+
+/// Removes fields the syncer never reads before an object is cached: a large share of an
+/// object's bytes (managedFields alone are often half).
+fn trim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+type Driver = BoxFuture<'static, ()>;
+
+/// Called with every event a watch delivers, after the store has applied it. Hooks turn events
+/// into triggers; they are plain channel sends, so a slow controller never stalls a watch.
+type Hook<K> = Box<dyn Fn(&watcher::Event<K>) + Send + Sync>;
+
+/// Objects a watch reported as new or changed (including the initial list).
+fn applied<K>(ev: &watcher::Event<K>) -> Option<&K> {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Feeds a controller's main trigger with every applied virtual object; deletions wake the
+/// garbage collector.
+fn main_trigger<K>(tx: UnboundedSender<Result<K, watcher::Error>>, gc: Arc<Notify>) -> Hook<K>
+where
+    K: Clone + Send + Sync + 'static,
+{
+    Box::new(move |ev| match ev {
+        watcher::Event::Delete(_) => gc.notify_one(),
+        _ => {
+            if let Some(o) = applied(ev) {
+                let _ = tx.unbounded_send(Ok(o.clone()));
+            }
+        }
+    })
+}
+
+/// Any change to a host object re-triggers its virtual owner (found by its origin labels): a
+/// changed status flows up, a deleted copy is re-created, a terminating virtual pod finishes.
+fn owner_trigger<K, V>(tx: UnboundedSender<ObjectRef<V>>, gc: Arc<Notify>) -> Hook<K>
+where
+    K: Resource,
+    V: Resource<DynamicType = ()> + 'static,
+{
+    Box::new(move |ev| {
+        let obj = match ev {
+            watcher::Event::Delete(o) => {
+                gc.notify_one();
+                o
+            }
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => o,
+            _ => return,
+        };
+        if let Some(o) = crate::translate::origin(obj.meta()) {
+            let _ = tx.unbounded_send(ObjectRef::new(&o.name).within(&o.namespace));
+        }
+    })
+}
+
+/// A reflector store, the future that drives its watch, and a readiness flag set once the
+/// first complete list is in the store.
+fn watched_store<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    hooks: Vec<Hook<K>>,
+) -> (Store<K>, watch::Receiver<bool>, Driver)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let drive = Box::pin(async move {
+        watcher(api, wc)
+            .default_backoff()
+            .modify(trim)
+            .reflect(writer)
+            .for_each(|ev| {
+                match &ev {
+                    Ok(ev) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            let _ = ready_tx.send(true);
+                        }
+                        for hook in &hooks {
+                            hook(ev);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
+                }
+                futures::future::ready(())
+            })
+            .await
+    });
+    (store, ready_rx, drive)
+}
+
+/// Main trigger of a controller, as the stream `Controller::for_stream` takes.
+pub type Trigger<K> = UnboundedReceiver<Result<K, watcher::Error>>;
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run(
+    virt: kube::Client,
+    host: kube::Client,
+    config: SyncerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    let host_ns = config.tenant.host_namespace.clone();
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={}", config.tenant.name));
+    let all = watcher::Config::default().any_semantic();
+    let gc = Arc::new(Notify::new());
+
+    let (pod_main, pod_main_rx) = unbounded::<Result<Pod, watcher::Error>>();
+    let (pod_requeue, pod_requeue_rx) = unbounded::<ObjectRef<Pod>>();
+    let (cm_main, cm_main_rx) = unbounded::<Result<ConfigMap, watcher::Error>>();
+    let (cm_requeue, cm_requeue_rx) = unbounded::<ObjectRef<ConfigMap>>();
+    let (secret_main, secret_main_rx) = unbounded::<Result<Secret, watcher::Error>>();
+    let (secret_requeue, secret_requeue_rx) = unbounded::<ObjectRef<Secret>>();
+    let (svc_main, svc_main_rx) = unbounded::<Result<Service, watcher::Error>>();
+    let (svc_requeue, svc_requeue_rx) = unbounded::<ObjectRef<Service>>();
+
+    // A pod's references re-trigger the configmaps and secrets it uses.
+    let references: Hook<Pod> = {
+        let (cm_requeue, secret_requeue) = (cm_requeue.clone(), secret_requeue.clone());
+        Box::new(move |ev| {
+            if let Some(p) = applied(ev) {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let refs = crate::translate::pod::references(p);
+                for n in refs.config_maps {
+                    let _ = cm_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
+                }
+                for n in refs.secrets {
+                    let _ = secret_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
+                }
+            }
+        })
+    };
+
+    let (virtual_pods, r1, d1) = watched_store(
+        Api::<Pod>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(pod_main, gc.clone()), references],
+    );
+    let (host_pods, r2, d2) = watched_store(
+        Api::<Pod>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(pod_requeue, gc.clone())],
+    );
+    let (virtual_config_maps, r3, d3) = watched_store(
+        Api::<ConfigMap>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(cm_main, gc.clone())],
+    );
+    let (host_config_maps, r4, d4) = watched_store(
+        Api::<ConfigMap>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(cm_requeue, gc.clone())],
+    );
+    let (virtual_secrets, r5, d5) = watched_store(
+        Api::<Secret>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(secret_main, gc.clone())],
+    );
+    let (host_secrets, r6, d6) = watched_store(
+        Api::<Secret>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(secret_requeue, gc.clone())],
+    );
+    let (virtual_services, r7, d7) = watched_store(
+        Api::<Service>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(svc_main, gc.clone())],
+    );
+    let (host_services, r8, d8) = watched_store(
+        Api::<Service>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(svc_requeue, gc.clone())],
+    );
+    let (virtual_nodes, r9, d9) =
+        watched_store(Api::<Node>::all(virt.clone()), all.clone(), vec![]);
+
+    let stores = Stores {
+        virtual_pods,
+        host_pods,
+        virtual_config_maps,
+        host_config_maps,
+        virtual_secrets,
+        host_secrets,
+        virtual_services,
+        host_services,
+        virtual_nodes,
+    };
+    let (ready_tx, ready) = watch::channel(false);
+    let recorder = Recorder::new(
+        virt.clone(),
+        Reporter {
+            controller: "vkube-syncer".into(),
+            instance: Some(config.tenant.name.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        virt,
+        host,
+        config,
+        stores: stores.clone(),
+        recorder,
+        ready,
+        gc_trigger: gc.clone(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in [d1, d2, d3, d4, d5, d6, d7, d8, d9] {
+        tasks.spawn(d);
+    }
+    tasks.spawn(pods::controller(ctx.clone(), pod_main_rx, pod_requeue_rx));
+    tasks.spawn(configmaps::controller(
+        ctx.clone(),
+        cm_main_rx,
+        cm_requeue_rx,
+    ));
+    tasks.spawn(secrets::controller(
+        ctx.clone(),
+        secret_main_rx,
+        secret_requeue_rx,
+    ));
+    tasks.spawn(services::controller(
+        ctx.clone(),
+        svc_main_rx,
+        svc_requeue_rx,
+    ));
+
+    let readiness = {
+        let stores = stores.clone();
+        async move {
+            let started = std::time::Instant::now();
+            for mut r in [r1, r2, r3, r4, r5, r6, r7, r8, r9] {
+                if r.wait_for(|ready| *ready).await.is_err() {
+                    return;
+                }
+            }
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                virtual_pods = stores.virtual_pods.len(),
+                host_pods = stores.host_pods.len(),
+                "syncer caches ready"
+            );
+            let _ = ready_tx.send(true);
+            // Keep the sender alive: dropping it would fail every later wait.
+            std::future::pending::<()>().await;
+        }
+    };
+    tasks.spawn(readiness);
+    tasks.spawn(gc::run(ctx.clone()));
+
+    shutdown.await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Virtual objects to reconcile because something related changed.
+pub type Requeue<K> = UnboundedReceiver<ObjectRef<K>>;
+
+/// How long to wait before retrying an object whose reconcile failed.
+pub fn retry_after(error: &SyncError) -> Duration {
+    match error {
+        SyncError::Host(kube::Error::Api(s)) | SyncError::Virtual(kube::Error::Api(s))
+            if s.code == 409 =>
+        {
+            Duration::from_millis(500)
+        }
+        _ => Duration::from_secs(5),
+    }
+}

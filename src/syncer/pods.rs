@@ -1,0 +1,387 @@
+//! Pods: virtual → host (the translated pod), host → virtual (binding to a virtual node, status),
+//! and deletion both ways. One reconcile handles both directions for one virtual pod; it is
+//! triggered by changes on either side.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodStatus};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use super::apply::{self, Applied};
+use super::{Context, SyncError, nodes, retry_after};
+use crate::translate::origin;
+use crate::translate::pod::{self as translate, PodContext};
+
+pub fn controller(
+    ctx: Arc<Context>,
+    trigger: super::Trigger<Pod>,
+    requeue: super::Requeue<Pod>,
+) -> BoxFuture<'static, ()> {
+    let reader = ctx.stores.virtual_pods.clone();
+    let concurrency = ctx.config.concurrency;
+    Box::pin(
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(requeue)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| futures::future::ready(())),
+    )
+}
+
+fn error_policy(pod: Arc<Pod>, error: &SyncError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(
+        pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+        error = %error,
+        kind = error.kind(),
+        "pod sync failed; retrying"
+    );
+    Action::requeue(retry_after(error))
+}
+
+fn uid_precondition(uid: Option<String>) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        other => other,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
+async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    ctx.wait_ready().await?;
+    let tenant = ctx.tenant();
+    let ns = vpod.namespace().unwrap_or_default();
+    let name = vpod.name_any();
+    let host_name = tenant.label_name(&ns, &name);
+    let host_api: Api<Pod> = ctx.host_api();
+    let virt_api: Api<Pod> = Api::namespaced(ctx.virt.clone(), &ns);
+    let hpod = ctx
+        .stores
+        .host_pods
+        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace));
+
+    // The host pod of an earlier virtual pod of the same name goes first.
+    if let Some(h) = &hpod {
+        let host_origin_uid = origin(&h.metadata).and_then(|o| o.uid);
+        if host_origin_uid.is_some() && host_origin_uid != vpod.metadata.uid {
+            if h.metadata.deletion_timestamp.is_none() {
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..uid_precondition(h.metadata.uid.clone())
+                };
+                ignore_not_found(host_api.delete(&host_name, &dp).await.map(|_| ()))
+                    .map_err(SyncError::Host)?;
+            }
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+
+    if vpod.metadata.deletion_timestamp.is_some() {
+        return delete(&vpod, hpod.as_deref(), &host_api, &virt_api).await;
+    }
+
+    let Some(h) = hpod else {
+        if was_on_host(&vpod) {
+            // Gone behind our back (deleted by hand, or its node vanished): the virtual pod goes
+            // too, as it would on a real cluster, so its controller replaces it.
+            ctx.event(
+                vpod.as_ref(),
+                EventType::Warning,
+                "HostPodDeleted",
+                format!("host pod {host_name} was deleted outside vkube; deleting this pod"),
+            )
+            .await;
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..uid_precondition(vpod.metadata.uid.clone())
+            };
+            ignore_not_found(virt_api.delete(&name, &dp).await.map(|_| ()))
+                .map_err(SyncError::Virtual)?;
+            return Ok(Action::await_change());
+        }
+        return create(&vpod, &ctx, &host_api).await;
+    };
+
+    // Keep the host pod current (labels, annotations, images: what a pod may change).
+    if let Ok(desired) = translate::to_host(&vpod, tenant, &pod_context(&ctx))
+        && apply::hash_of(h.as_ref()) != Some(apply::desired_hash_of(&desired).as_str())
+    {
+        match apply::ensure(&host_api, &ctx.stores.host_pods, tenant, desired).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                ctx.event(
+                    vpod.as_ref(),
+                    EventType::Warning,
+                    "HostUpdateRejected",
+                    format!("the host refused to update pod {host_name}: {}", s.message),
+                )
+                .await;
+            }
+            Err(e) => return Err(SyncError::Host(e)),
+        }
+    }
+    sync_up(&vpod, &h, &ctx, &virt_api).await?;
+    Ok(Action::await_change())
+}
+
+fn pod_context(ctx: &Context) -> PodContext {
+    PodContext {
+        token_secret: None,
+        security: ctx.config.pod_security,
+    }
+}
+
+/// The virtual pod was scheduled through us before (the binding marks it): its host pod existed.
+fn was_on_host(vpod: &Pod) -> bool {
+    vpod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some()
+        && vpod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+            })
+}
+
+async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action, SyncError> {
+    let tenant = ctx.tenant();
+    let desired = match translate::to_host(vpod, tenant, &pod_context(ctx)) {
+        Ok(d) => d,
+        Err(violations) => {
+            let list: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+            ctx.event(
+                vpod,
+                EventType::Warning,
+                "HostPolicyViolation",
+                format!(
+                    "not started on the host ({} pod security): {}",
+                    match ctx.config.pod_security {
+                        crate::translate::security::Level::Baseline => "baseline",
+                        crate::translate::security::Level::Restricted => "restricted",
+                    },
+                    list.join("; ")
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let host_name = desired.name_any();
+    match apply::ensure(host_api, &ctx.stores.host_pods, tenant, desired).await {
+        Ok((Applied::Conflict, _)) => {
+            ctx.event(
+                vpod,
+                EventType::Warning,
+                "HostNameConflict",
+                format!(
+                    "pod {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
+                    tenant.host_namespace
+                ),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+            // The host refused it (quota, limits, pod security admission): tell the tenant.
+            ctx.event(
+                vpod,
+                EventType::Warning,
+                "HostRejected",
+                format!("the host refused pod {host_name}: {}", s.message),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+        Err(e) => Err(SyncError::Host(e)),
+    }
+}
+
+async fn delete(
+    vpod: &Pod,
+    hpod: Option<&Pod>,
+    host_api: &Api<Pod>,
+    virt_api: &Api<Pod>,
+) -> Result<Action, SyncError> {
+    match hpod {
+        Some(h) => {
+            if h.metadata.deletion_timestamp.is_none() {
+                let dp = DeleteParams {
+                    grace_period_seconds: vpod
+                        .metadata
+                        .deletion_grace_period_seconds
+                        .map(|g| g.max(0) as u32),
+                    ..uid_precondition(h.metadata.uid.clone())
+                };
+                ignore_not_found(host_api.delete(&h.name_any(), &dp).await.map(|_| ()))
+                    .map_err(SyncError::Host)?;
+            }
+            // The host watch reports the deletion; the requeue is a safety net.
+            let grace = vpod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+            Ok(Action::requeue(Duration::from_secs(
+                grace.clamp(1, 60) as u64 + 5,
+            )))
+        }
+        None => {
+            // Nothing runs on the host any more: finish the deletion, as a kubelet would.
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..uid_precondition(vpod.metadata.uid.clone())
+            };
+            ignore_not_found(virt_api.delete(&vpod.name_any(), &dp).await.map(|_| ()))
+                .map_err(SyncError::Virtual)?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Host → virtual: bind to the (virtual) node the host scheduled it on, then mirror status.
+async fn sync_up(
+    vpod: &Pod,
+    hpod: &Pod,
+    ctx: &Context,
+    virt_api: &Api<Pod>,
+) -> Result<(), SyncError> {
+    let host_status = hpod.status.clone().unwrap_or_default();
+    let host_node = hpod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if let (Some(node), None) = (&host_node, &virtual_node) {
+        nodes::ensure_virtual_node(ctx, node, host_status.host_ip.as_deref()).await?;
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: vpod.metadata.name.clone(),
+                namespace: vpod.metadata.namespace.clone(),
+                uid: vpod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.clone()),
+                ..Default::default()
+            },
+        };
+        let bound: Result<serde_json::Value, _> = virt_api
+            .create_subresource(
+                "binding",
+                &vpod.name_any(),
+                &PostParams::default(),
+                &binding,
+            )
+            .await;
+        match bound {
+            Ok(_) => {}
+            // Already bound (a concurrent reconcile) or gone: the next event sorts it out.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+            Err(e) => return Err(SyncError::Virtual(e)),
+        }
+    }
+    let want = translate::status_to_virtual(&host_status);
+    if status_differs(vpod.status.as_ref(), &want) {
+        let patch = serde_json::json!({ "status": want });
+        match virt_api
+            .patch_status(
+                &vpod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(SyncError::Virtual(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether any field the host reports differs from the virtual status.
+pub fn status_differs(have: Option<&PodStatus>, want: &PodStatus) -> bool {
+    let have = have
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_default();
+    let Ok(serde_json::Value::Object(want)) = serde_json::to_value(want) else {
+        return false;
+    };
+    want.iter().any(|(k, v)| have.get(k) != Some(v))
+}
+
+/// Host pods whose virtual pod is gone (or never was), for the garbage collector.
+pub fn orphans(ctx: &Context) -> Vec<Arc<Pod>> {
+    ctx.stores
+        .host_pods
+        .state()
+        .into_iter()
+        .filter(|h| h.metadata.deletion_timestamp.is_none())
+        .filter(|h| match origin(&h.metadata) {
+            Some(o) => ctx
+                .stores
+                .virtual_pods
+                .get(&ObjectRef::new(&o.name).within(&o.namespace))
+                .is_none(),
+            None => true,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodCondition;
+
+    #[test]
+    fn status_differs_only_on_host_reported_fields() {
+        let host = PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("10.244.0.5".into()),
+            ..Default::default()
+        };
+        let mut virt = host.clone();
+        virt.qos_class = Some("BestEffort".into());
+        assert!(!status_differs(Some(&virt), &host));
+        virt.phase = Some("Pending".into());
+        assert!(status_differs(Some(&virt), &host));
+        assert!(status_differs(None, &host));
+    }
+
+    #[test]
+    fn only_pods_scheduled_through_the_host_count_as_having_been_there() {
+        let mut p = Pod::default();
+        assert!(!was_on_host(&p));
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        });
+        // Pinned by the tenant, never scheduled: not "on the host" yet.
+        assert!(!was_on_host(&p));
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(was_on_host(&p));
+    }
+}

@@ -1,0 +1,123 @@
+//! Services: a host Service with the same ports and a selector confined to the tenant's pods of
+//! the same virtual namespace. Types the admin's policy does not allow become ClusterIP, with a
+//! Warning Event saying so. Load-balancer status flows back up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use super::apply::{self, Applied};
+use super::{Context, SyncError, retry_after};
+use crate::translate::{self, origin};
+
+pub fn controller(
+    ctx: Arc<Context>,
+    trigger: super::Trigger<Service>,
+    requeue: super::Requeue<Service>,
+) -> BoxFuture<'static, ()> {
+    let reader = ctx.stores.virtual_services.clone();
+    let concurrency = ctx.config.concurrency;
+    Box::pin(
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(requeue)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| futures::future::ready(())),
+    )
+}
+
+fn error_policy(s: Arc<Service>, error: &SyncError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(service = %s.name_any(), %error, "service sync failed; retrying");
+    Action::requeue(retry_after(error))
+}
+
+/// The virtual API server's own Service; it must lead to the tenant's API proxy, not be copied.
+pub fn is_virtual_apiserver(svc: &Service) -> bool {
+    svc.metadata.namespace.as_deref() == Some("default")
+        && svc.metadata.name.as_deref() == Some("kubernetes")
+}
+
+async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    ctx.wait_ready().await?;
+    if is_virtual_apiserver(&vsvc) || vsvc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let tenant = ctx.tenant();
+    let host = translate::service::to_host(&vsvc, tenant, ctx.config.service_policy);
+    if let Some(from) = &host.downgraded_from {
+        ctx.event(
+            vsvc.as_ref(),
+            EventType::Warning,
+            "ServiceTypeNotAllowed",
+            format!(
+                "type {from} is not allowed by the platform's policy; the service is reachable inside the cluster as ClusterIP (use kubectl port-forward to reach it from outside)"
+            ),
+        )
+        .await;
+    }
+    let host_name = host.service.name_any();
+    let api: Api<Service> = ctx.host_api();
+    if let (Applied::Conflict, _) =
+        apply::ensure(&api, &ctx.stores.host_services, tenant, host.service)
+            .await
+            .map_err(SyncError::Host)?
+    {
+        ctx.event(
+                vsvc.as_ref(),
+                EventType::Warning,
+                "HostNameConflict",
+                format!(
+                    "service {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
+                    tenant.host_namespace
+                ),
+            )
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    // Load-balancer addresses are the host's to know.
+    if let Some(h) = ctx
+        .stores
+        .host_services
+        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
+    {
+        let host_lb = h.status.as_ref().and_then(|s| s.load_balancer.clone());
+        let virt_lb = vsvc.status.as_ref().and_then(|s| s.load_balancer.clone());
+        if host_lb.is_some() && host_lb != virt_lb {
+            let patch = serde_json::json!({ "status": { "loadBalancer": host_lb } });
+            let vapi: Api<Service> =
+                Api::namespaced(ctx.virt.clone(), &vsvc.namespace().unwrap_or_default());
+            vapi.patch_status(
+                &vsvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(SyncError::Virtual)?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+pub fn orphans(ctx: &Context) -> Vec<Arc<Service>> {
+    ctx.stores
+        .host_services
+        .state()
+        .into_iter()
+        .filter(|h| match origin(&h.metadata) {
+            Some(o) => ctx
+                .stores
+                .virtual_services
+                .get(&ObjectRef::new(&o.name).within(&o.namespace))
+                .is_none(),
+            None => true,
+        })
+        .collect()
+}
