@@ -106,6 +106,12 @@ KC
   chmod 600 "$1"
 }
 
+nodes_ready() { # kubectl count: true once `count` nodes report Ready
+  local ready
+  ready="$("$1" --kubeconfig "$DIR/kubeconfig" get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')" || return 1
+  (( ready >= $2 ))
+}
+
 wait_for() { # description seconds command...
   local what="$1" secs="$2"; shift 2
   local deadline=$(( $(date +%s) + secs ))
@@ -201,7 +207,7 @@ status:
 ---
 NODE
   done | "$kubectl" --kubeconfig "$DIR/kubeconfig" apply -f - >/dev/null
-  wait_for "$NODES kwok nodes Ready" 60 "$kubectl" --kubeconfig "$DIR/kubeconfig" wait --for=condition=Ready node --all --timeout=1s \
+  wait_for "$NODES kwok nodes Ready" 60 nodes_ready "$kubectl" "$NODES" \
     || die "kwok nodes did not become Ready (logs: $LOGS)"
   wait_for "default service account" 30 "$kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default \
     || die "controller-manager did not create the default ServiceAccount (logs: $LOGS)"

@@ -339,6 +339,13 @@ impl Tenant {
 impl Drop for Tenant {
     fn drop(&mut self) {
         self.stop();
+        // Free the host cluster's capacity for the other tests: the host namespace goes, and
+        // with it every synced object.
+        let _ = kubectl(
+            &env().host_kubeconfig,
+            &["delete", "namespace", &self.namespace, "--wait=false"],
+            None,
+        );
     }
 }
 

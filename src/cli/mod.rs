@@ -35,6 +35,46 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the admin kubeconfig of a virtual cluster (read from its host namespace).
     Kubeconfig(KubeconfigArgs),
+    /// Benchmarks (JSON and a short table).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Pods through the syncer vs the same pods created directly in the host API.
+    Sync(BenchSyncArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchSyncArgs {
+    /// Kubeconfig of the virtual cluster.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Name of the virtual cluster.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    host: HostArgs,
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Creates in flight, for the baseline and the syncer phase alike.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Pods per second (paced mode, for latency); default: a burst.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Pid of `vkube serve`, to report its CPU time and peak memory.
+    #[arg(long)]
+    serve_pid: Option<u32>,
+    /// Skip the direct-to-host baseline.
+    #[arg(long)]
+    skip_baseline: bool,
+    #[arg(long, default_value_t = 600)]
+    timeout_seconds: u64,
+    /// Write the JSON report here (it is always printed to stdout too).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,6 +182,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve_command(args).await,
             Command::Kubeconfig(args) => kubeconfig_command(args).await,
+            Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
         }
     });
     match result {
@@ -280,5 +321,33 @@ async fn kubeconfig_command(args: KubeconfigArgs) -> anyhow::Result<()> {
         yaml = vkube::kubeconfig::with_server(&yaml, &server)?;
     }
     print!("{yaml}");
+    Ok(())
+}
+
+async fn bench_sync_command(args: BenchSyncArgs) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let virt = vkube::kubeconfig::client_from_yaml(&yaml).await?;
+    let (host, _) = host::host_client(args.host.host_kubeconfig.as_deref()).await?;
+    let bench = vkube::bench::SyncBench {
+        pods: args.pods,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        host_namespace: args
+            .host
+            .host_namespace
+            .unwrap_or_else(|| host::default_namespace(&args.name)),
+        vcluster: args.name,
+        serve_pid: args.serve_pid,
+        timeout: Duration::from_secs(args.timeout_seconds),
+        skip_baseline: args.skip_baseline,
+    };
+    let report = vkube::bench::run(virt, host, &bench).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    eprint!("{}", vkube::bench::table(&report));
     Ok(())
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, configmaps, nodes, pods, secrets, services};
+use super::{Context, nodes, pods, referenced, services};
 use crate::translate;
 
 pub async fn run(ctx: Arc<Context>) {
@@ -65,11 +65,11 @@ pub async fn sweep(ctx: &Context) {
         referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
     }
     let host_cms: Api<ConfigMap> = ctx.host_api();
-    for cm in configmaps::orphans(ctx, &referenced_cms) {
+    for cm in referenced::orphans::<ConfigMap>(ctx, &referenced_cms) {
         delete(&host_cms, cm.as_ref(), "configmap").await;
     }
     let host_secrets: Api<Secret> = ctx.host_api();
-    for s in secrets::orphans(ctx, &referenced_secrets) {
+    for s in referenced::orphans::<Secret>(ctx, &referenced_secrets) {
         delete(&host_secrets, s.as_ref(), "secret").await;
     }
     let host_services: Api<Service> = ctx.host_api();

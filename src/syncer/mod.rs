@@ -12,6 +12,7 @@ pub mod configmaps;
 pub mod gc;
 pub mod nodes;
 pub mod pods;
+pub mod referenced;
 pub mod secrets;
 pub mod services;
 
@@ -150,6 +151,17 @@ impl Context {
     }
 }
 
+/// Host pods are read only for their origin, hash, node and status: the spec (containers,
+/// volumes, env) is the larger half of a pod and is dropped before caching.
+fn trim_host_pod(pod: &mut Pod) {
+    trim(pod);
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        node_name,
+        ..Default::default()
+    });
+}
+
 /// Removes fields the syncer never reads before an object is cached: a large share of an
 /// object's bytes (managedFields alone are often half).
 fn trim<K: Resource>(obj: &mut K) {
@@ -212,12 +224,56 @@ where
     })
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Applied,
+    Deleted,
+}
+
+/// Like [`owner_trigger`], for one kind of change only.
+fn owner_trigger_on<K, V>(tx: UnboundedSender<ObjectRef<V>>, gc: Arc<Notify>, on: Change) -> Hook<K>
+where
+    K: Resource + 'static,
+    V: Resource<DynamicType = ()> + 'static,
+{
+    let all = owner_trigger(tx, gc);
+    Box::new(move |ev| {
+        let change = match ev {
+            watcher::Event::Delete(_) => Change::Deleted,
+            watcher::Event::Apply(_) | watcher::Event::InitApply(_) => Change::Applied,
+            _ => return,
+        };
+        if change == on {
+            all(ev);
+        }
+    })
+}
+
 /// A reflector store, the future that drives its watch, and a readiness flag set once the
 /// first complete list is in the store.
 fn watched_store<K>(
     api: Api<K>,
     wc: watcher::Config,
     hooks: Vec<Hook<K>>,
+) -> (Store<K>, watch::Receiver<bool>, Driver)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watched_store_with(api, wc, hooks, trim::<K>)
+}
+
+/// [`watched_store`] with a custom trim applied to each object before it is cached.
+fn watched_store_with<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    hooks: Vec<Hook<K>>,
+    trim: fn(&mut K),
 ) -> (Store<K>, watch::Receiver<bool>, Driver)
 where
     K: Resource<DynamicType = ()>
@@ -271,6 +327,7 @@ pub async fn run(
 
     let (pod_main, pod_main_rx) = unbounded::<Result<Pod, watcher::Error>>();
     let (pod_requeue, pod_requeue_rx) = unbounded::<ObjectRef<Pod>>();
+    let (pod_status, pod_status_rx) = unbounded::<ObjectRef<Pod>>();
     let (cm_main, cm_main_rx) = unbounded::<Result<ConfigMap, watcher::Error>>();
     let (cm_requeue, cm_requeue_rx) = unbounded::<ObjectRef<ConfigMap>>();
     let (secret_main, secret_main_rx) = unbounded::<Result<Secret, watcher::Error>>();
@@ -300,10 +357,14 @@ pub async fn run(
         all.clone(),
         vec![main_trigger(pod_main, gc.clone()), references],
     );
-    let (host_pods, r2, d2) = watched_store(
+    let (host_pods, r2, d2) = watched_store_with(
         Api::<Pod>::namespaced(host.clone(), &host_ns),
         owned.clone(),
-        vec![owner_trigger(pod_requeue, gc.clone())],
+        vec![
+            owner_trigger_on(pod_requeue, gc.clone(), Change::Deleted),
+            owner_trigger_on(pod_status, gc.clone(), Change::Applied),
+        ],
+        trim_host_pod,
     );
     let (virtual_config_maps, r3, d3) = watched_store(
         Api::<ConfigMap>::all(virt.clone()),
@@ -372,12 +433,13 @@ pub async fn run(
         tasks.spawn(d);
     }
     tasks.spawn(pods::controller(ctx.clone(), pod_main_rx, pod_requeue_rx));
-    tasks.spawn(configmaps::controller(
+    tasks.spawn(pods::status_controller(ctx.clone(), pod_status_rx));
+    tasks.spawn(referenced::controller::<ConfigMap>(
         ctx.clone(),
         cm_main_rx,
         cm_requeue_rx,
     ));
-    tasks.spawn(secrets::controller(
+    tasks.spawn(referenced::controller::<Secret>(
         ctx.clone(),
         secret_main_rx,
         secret_requeue_rx,

@@ -19,6 +19,8 @@ use super::{Context, SyncError, nodes, retry_after};
 use crate::translate::origin;
 use crate::translate::pod::{self as translate, PodContext};
 
+/// Virtual → host: creates, updates and deletions. Triggered by virtual pods and by host pods
+/// that disappear.
 pub fn controller(
     ctx: Arc<Context>,
     trigger: super::Trigger<Pod>,
@@ -33,6 +35,47 @@ pub fn controller(
             .run(reconcile, error_policy, ctx)
             .for_each(|_| futures::future::ready(())),
     )
+}
+
+/// Host → virtual: binding and status, triggered by host pod changes. Its own controller with
+/// its own concurrency, so a burst of status updates never delays the creation of host pods.
+pub fn status_controller(
+    ctx: Arc<Context>,
+    requeue: super::Requeue<Pod>,
+) -> BoxFuture<'static, ()> {
+    let reader = ctx.stores.virtual_pods.clone();
+    let concurrency = ctx.config.concurrency;
+    Box::pin(
+        Controller::for_stream(futures::stream::pending(), reader)
+            .reconcile_on(requeue)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .run(reconcile_status, error_policy, ctx)
+            .for_each(|_| futures::future::ready(())),
+    )
+}
+
+#[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
+async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    ctx.wait_ready().await?;
+    if vpod.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let tenant = ctx.tenant();
+    let host_name = tenant.label_name(&vpod.namespace().unwrap_or_default(), &vpod.name_any());
+    let Some(h) = ctx
+        .stores
+        .host_pods
+        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
+    else {
+        return Ok(Action::await_change());
+    };
+    if origin(&h.metadata).and_then(|o| o.uid) != vpod.metadata.uid {
+        return Ok(Action::await_change());
+    }
+    let virt_api: Api<Pod> =
+        Api::namespaced(ctx.virt.clone(), &vpod.namespace().unwrap_or_default());
+    sync_up(&vpod, &h, &ctx, &virt_api).await?;
+    Ok(Action::await_change())
 }
 
 fn error_policy(pod: Arc<Pod>, error: &SyncError, _ctx: Arc<Context>) -> Action {
@@ -118,8 +161,16 @@ async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncErro
         return create(&vpod, &ctx, &host_api).await;
     };
 
-    // Keep the host pod current (labels, annotations, images: what a pod may change).
-    if let Ok(desired) = translate::to_host(&vpod, tenant, &pod_context(&ctx))
+    // Keep the host pod current (labels, annotations, images: what a pod may change). The
+    // node the host chose comes back as the virtual binding; it is not a change to push down.
+    let mut comparable = vpod.as_ref().clone();
+    if let Some(spec) = comparable.spec.as_mut()
+        && spec.node_name == h.spec.as_ref().and_then(|s| s.node_name.clone())
+        && was_bound_by_us(&vpod)
+    {
+        spec.node_name = None;
+    }
+    if let Ok(desired) = translate::to_host(&comparable, tenant, &pod_context(&ctx))
         && apply::hash_of(h.as_ref()) != Some(apply::desired_hash_of(&desired).as_str())
     {
         match apply::ensure(&host_api, &ctx.stores.host_pods, tenant, desired).await {
@@ -136,7 +187,7 @@ async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncErro
             Err(e) => return Err(SyncError::Host(e)),
         }
     }
-    sync_up(&vpod, &h, &ctx, &virt_api).await?;
+    let _ = h;
     Ok(Action::await_change())
 }
 
@@ -145,6 +196,11 @@ fn pod_context(ctx: &Context) -> PodContext {
         token_secret: None,
         security: ctx.config.pod_security,
     }
+}
+
+/// The virtual pod's node came from a binding (ours), not from the tenant's spec.
+fn was_bound_by_us(vpod: &Pod) -> bool {
+    was_on_host(vpod)
 }
 
 /// The virtual pod was scheduled through us before (the binding marks it): its host pod existed.

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Syncer throughput, latency, CPU and memory, against direct host creates in the same run.
+#
+#   hack/bench-sync.sh [PODS] [-- extra `vkube bench sync` flags, e.g. --rate 200]
+#
+# Starts its own host cluster (enough kwok nodes for PODS) and one virtual cluster, runs
+# `vkube bench sync`, prints a table and writes JSON to .cache/bench/sync-PODS[-MODE].json.
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HACK_DIR/.." && pwd)"
+source "$HACK_DIR/versions.sh"
+PODS="${1:-1000}"; shift || true
+[[ "${1:-}" == "--" ]] && shift
+EXTRA=("$@")
+MODE=burst; for a in "${EXTRA[@]}"; do [[ "$a" == "--rate" ]] && MODE=paced; done
+OUT_DIR="$ROOT/.cache/bench"; mkdir -p "$OUT_DIR"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/vkube-bench-sync.XXXXXX")"
+cleanup() {
+  [[ -n "${SERVE_PID:-}" ]] && kill -TERM "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true
+  "$HACK_DIR/host-cluster.sh" down --dir "$WORK/host" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+BIN="$("$HACK_DIR/build-components.sh")"
+(cd "$ROOT" && cargo build --release --locked --quiet)
+VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
+NODES=$(( PODS / 100 + 3 ))
+HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$NODES")"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$VKUBE" serve --name bench --host-kubeconfig "$HOST_KUBECONFIG" --create-namespace \
+  --bin-dir "$BIN" --data-dir "$WORK/vc" --listen "127.0.0.1:$PORT" \
+  --kubeconfig-out "$WORK/kubeconfig" > "$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+until [[ -f "$WORK/kubeconfig" ]]; do
+  kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$WORK/serve.log" >&2; exit 1; }
+  sleep 0.1
+done
+"$VKUBE" bench sync --kubeconfig "$WORK/kubeconfig" --name bench \
+  --host-kubeconfig "$HOST_KUBECONFIG" --pods "$PODS" --serve-pid "$SERVE_PID" \
+  --output "$OUT_DIR/sync-$PODS-$MODE.json" "${EXTRA[@]}" > /dev/null
+cp "$WORK/serve.log" "$OUT_DIR/serve-sync-$PODS-$MODE.log"
+echo "JSON: $OUT_DIR/sync-$PODS-$MODE.json (vkube serve log: $OUT_DIR/serve-sync-$PODS-$MODE.log)" >&2
+if grep -v "vkube::child" "$WORK/serve.log" | grep -q "WARN\|ERROR"; then
+  echo "vkube serve logged warnings during the run:" >&2
+  grep "WARN\|ERROR" "$WORK/serve.log" | grep -v vkube::child | tail -n 5 >&2
+fi

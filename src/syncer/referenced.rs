@@ -1,0 +1,131 @@
+//! Objects pods refer to (ConfigMaps, Secrets): copied to the host while a virtual pod
+//! references them (or always, by flag); updates propagate; the garbage collector removes copies
+//! no longer referenced. The per-kind modules say only what differs.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::Api;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::apply::{self, Applied};
+use super::{Context, Requeue, Stores, SyncError, SyncerConfig, Trigger, retry_after};
+use crate::translate::pod::References;
+use crate::translate::{self, Tenant, origin};
+
+pub trait Referenced:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Lower-case kind, for messages.
+    const NOUN: &'static str;
+    fn virtual_store(stores: &Stores) -> &Store<Self>;
+    fn host_store(stores: &Stores) -> &Store<Self>;
+    fn sync_all(config: &SyncerConfig) -> bool;
+    fn names(refs: References) -> BTreeSet<String>;
+    fn to_host(&self, tenant: &Tenant) -> Self;
+}
+
+pub fn controller<K: Referenced>(
+    ctx: Arc<Context>,
+    trigger: Trigger<K>,
+    requeue: Requeue<K>,
+) -> BoxFuture<'static, ()> {
+    let reader = K::virtual_store(&ctx.stores).clone();
+    let concurrency = ctx.config.concurrency;
+    Box::pin(
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(requeue)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .run(reconcile::<K>, error_policy::<K>, ctx)
+            .for_each(|_| futures::future::ready(())),
+    )
+}
+
+fn error_policy<K: Referenced>(obj: Arc<K>, error: &SyncError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(kind = K::NOUN, name = %obj.name_any(), %error, "sync failed; retrying");
+    Action::requeue(retry_after(error))
+}
+
+/// Whether any virtual pod in `namespace` references `name`.
+fn referenced<K: Referenced>(ctx: &Context, namespace: &str, name: &str) -> bool {
+    ctx.stores.virtual_pods.state().iter().any(|p| {
+        p.metadata.namespace.as_deref() == Some(namespace)
+            && K::names(translate::pod::references(p)).contains(name)
+    })
+}
+
+async fn reconcile<K: Referenced>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    ctx.wait_ready().await?;
+    let tenant = ctx.tenant();
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let desired = obj.to_host(tenant);
+    let host_name = desired.name_any();
+    // A copy on the host means it was wanted; updating it is cheaper than checking the pods.
+    let on_host = K::host_store(&ctx.stores)
+        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
+        .is_some();
+    if obj.meta().deletion_timestamp.is_some()
+        || !(on_host || K::sync_all(&ctx.config) || referenced::<K>(&ctx, &ns, &name))
+    {
+        return Ok(Action::await_change());
+    }
+    let api: Api<K> = ctx.host_api();
+    if let (Applied::Conflict, _) = apply::ensure(&api, K::host_store(&ctx.stores), tenant, desired)
+        .await
+        .map_err(SyncError::Host)?
+    {
+        ctx.event(
+            obj.as_ref(),
+            EventType::Warning,
+            "HostNameConflict",
+            format!(
+                "{} {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
+                K::NOUN,
+                tenant.host_namespace
+            ),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    Ok(Action::await_change())
+}
+
+/// Host copies whose virtual object is gone or no longer wanted. `referenced` holds the
+/// (namespace, name) pairs all virtual pods refer to.
+pub fn orphans<K: Referenced>(
+    ctx: &Context,
+    referenced: &HashSet<(String, String)>,
+) -> Vec<Arc<K>> {
+    K::host_store(&ctx.stores)
+        .state()
+        .into_iter()
+        .filter(|h| match origin(h.meta()) {
+            Some(o) => {
+                let exists = K::virtual_store(&ctx.stores)
+                    .get(&ObjectRef::new(&o.name).within(&o.namespace))
+                    .is_some();
+                !exists
+                    || !(K::sync_all(&ctx.config) || referenced.contains(&(o.namespace, o.name)))
+            }
+            None => true,
+        })
+        .collect()
+}
