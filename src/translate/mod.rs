@@ -198,7 +198,6 @@ pub fn is_dns_label(name: &str) -> bool {
 
 fn is_dns_label_part(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= DNS_LABEL_MAX
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
