@@ -131,6 +131,13 @@ async fn a_deployment_runs_on_the_host_scales_and_rolls() {
         );
     }
 
+    // What the host said about the pod (the scheduler's decision) shows on the virtual pod.
+    let ev = wait_event(&virt, "shop", &vpods[0].name_any(), "Scheduled").await;
+    assert!(
+        ev.message.unwrap_or_default().contains("assigned"),
+        "host scheduling event copied"
+    );
+
     t.kubectl_ok(&["scale", "-n", "shop", "deployment/web", "--replicas=5"]);
     wait_replicas(&host, &t, &virt, "shop", 5).await;
 

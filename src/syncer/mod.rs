@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod configmaps;
+pub mod events;
 pub mod gc;
 pub mod nodes;
 pub mod pods;
@@ -472,6 +473,7 @@ pub async fn run(
     };
     tasks.spawn(readiness);
     tasks.spawn(gc::run(ctx.clone()));
+    tasks.spawn(events::forwarder(ctx.clone()));
 
     shutdown.await;
     tasks.shutdown().await;
