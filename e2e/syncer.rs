@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Node, Pod, Secret, Service, ServicePort, ServiceSpec,
+    ConfigMap, Endpoints, Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServicePort,
+    ServiceSpec,
 };
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
@@ -288,10 +289,12 @@ spec:
     env:
     - name: PASSWORD
       valueFrom: {secretKeyRef: {name: db, key: password}}
-    volumeMounts: [{name: cfg, mountPath: /etc/cfg}]
+    volumeMounts: [{name: cfg, mountPath: /etc/cfg}, {name: data, mountPath: /data}]
   volumes:
   - name: cfg
     configMap: {name: settings}
+  - name: data
+    persistentVolumeClaim: {claimName: data}
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,7 +316,43 @@ async fn referenced_configmaps_and_secrets_follow_their_pods() {
         "--from-literal=password=s3cret",
     ]);
     t.kubectl_ok(&["create", "configmap", "unused", "--from-literal=a=b"]);
+    // A claim, and a host volume (made by the host admin) that it can bind to.
+    let class = format!("e2e-{}", t.name);
+    apply(
+        &t,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: default}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: {class}, resources: {{requests: {{storage: 1Gi}}}}}}\n"
+        ),
+    );
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {class}}}\nspec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], storageClassName: {class}, persistentVolumeReclaimPolicy: Delete, hostPath: {{path: /tmp/{class}}}}}\n"
+    );
+    let out = common::kubectl(
+        &common::env().host_kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&pv),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     apply(&t, POD_WITH_REFERENCES);
+    // The host binds the translated claim; the virtual claim shows it.
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(virt.clone(), "default");
+    eventually("the virtual claim is Bound", LONG, || async {
+        let c = vclaims.get("data").await.ok()?;
+        (c.status?.phase.as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    let hclaim = Api::<PersistentVolumeClaim>::namespaced(host.clone(), &t.namespace)
+        .get(&format!("data-x-default-x-{}", t.name))
+        .await
+        .unwrap();
+    assert_eq!(
+        hclaim.spec.unwrap().volume_name.as_deref(),
+        Some(class.as_str())
+    );
 
     let hcm: Api<ConfigMap> = Api::namespaced(host.clone(), &t.namespace);
     let hsec: Api<Secret> = Api::namespaced(host.clone(), &t.namespace);
@@ -373,7 +412,24 @@ async fn referenced_configmaps_and_secrets_follow_their_pods() {
         },
     )
     .await;
-    let _ = virt;
+    // Deleting the virtual claim removes the host claim.
+    vclaims
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("host claim removed", LONG, || async {
+        Api::<PersistentVolumeClaim>::namespaced(host.clone(), &t.namespace)
+            .get_opt(&format!("data-x-default-x-{}", t.name))
+            .await
+            .ok()
+            .and_then(|c| c.is_none().then_some(()))
+    })
+    .await;
+    let _ = common::kubectl(
+        &common::env().host_kubeconfig,
+        &["delete", "pv", &class, "--wait=false"],
+        None,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

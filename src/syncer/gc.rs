@@ -8,11 +8,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, nodes, pods, referenced, services};
+use super::{Context, nodes, pods, pvcs, referenced, services};
 use crate::translate;
 
 pub async fn run(ctx: Arc<Context>) {
@@ -75,6 +75,10 @@ pub async fn sweep(ctx: &Context) {
     let host_services: Api<Service> = ctx.host_api();
     for s in services::orphans(ctx) {
         delete(&host_services, s.as_ref(), "service").await;
+    }
+    let host_claims: Api<PersistentVolumeClaim> = ctx.host_api();
+    for c in pvcs::orphans(ctx) {
+        delete(&host_claims, c.as_ref(), "persistentvolumeclaim").await;
     }
     let virtual_nodes: Api<Node> = Api::all(ctx.virt.clone());
     for n in nodes::unused(ctx) {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod gc;
 pub mod nodes;
 pub mod pods;
+pub mod pvcs;
 pub mod referenced;
 pub mod secrets;
 pub mod services;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -94,6 +95,8 @@ pub struct Stores {
     pub virtual_services: Store<Service>,
     pub host_services: Store<Service>,
     pub virtual_nodes: Store<Node>,
+    pub virtual_claims: Store<PersistentVolumeClaim>,
+    pub host_claims: Store<PersistentVolumeClaim>,
 }
 
 /// Shared by every controller.
@@ -335,6 +338,8 @@ pub async fn run(
     let (secret_requeue, secret_requeue_rx) = unbounded::<ObjectRef<Secret>>();
     let (svc_main, svc_main_rx) = unbounded::<Result<Service, watcher::Error>>();
     let (svc_requeue, svc_requeue_rx) = unbounded::<ObjectRef<Service>>();
+    let (pvc_main, pvc_main_rx) = unbounded::<Result<PersistentVolumeClaim, watcher::Error>>();
+    let (pvc_requeue, pvc_requeue_rx) = unbounded::<ObjectRef<PersistentVolumeClaim>>();
 
     // A pod's references re-trigger the configmaps and secrets it uses.
     let references: Hook<Pod> = {
@@ -399,6 +404,16 @@ pub async fn run(
     );
     let (virtual_nodes, r9, d9) =
         watched_store(Api::<Node>::all(virt.clone()), all.clone(), vec![]);
+    let (virtual_claims, r10, d10) = watched_store(
+        Api::<PersistentVolumeClaim>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(pvc_main, gc.clone())],
+    );
+    let (host_claims, r11, d11) = watched_store(
+        Api::<PersistentVolumeClaim>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(pvc_requeue, gc.clone())],
+    );
 
     let stores = Stores {
         virtual_pods,
@@ -410,6 +425,8 @@ pub async fn run(
         virtual_services,
         host_services,
         virtual_nodes,
+        virtual_claims,
+        host_claims,
     };
     let (ready_tx, ready) = watch::channel(false);
     let recorder = Recorder::new(
@@ -430,11 +447,12 @@ pub async fn run(
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    for d in [d1, d2, d3, d4, d5, d6, d7, d8, d9] {
+    for d in [d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11] {
         tasks.spawn(d);
     }
     tasks.spawn(pods::controller(ctx.clone(), pod_main_rx, pod_requeue_rx));
     tasks.spawn(pods::status_controller(ctx.clone(), pod_status_rx));
+    tasks.spawn(pvcs::controller(ctx.clone(), pvc_main_rx, pvc_requeue_rx));
     tasks.spawn(referenced::controller::<ConfigMap>(
         ctx.clone(),
         cm_main_rx,
@@ -455,7 +473,7 @@ pub async fn run(
         let stores = stores.clone();
         async move {
             let started = std::time::Instant::now();
-            for mut r in [r1, r2, r3, r4, r5, r6, r7, r8, r9] {
+            for mut r in [r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11] {
                 if r.wait_for(|ready| *ready).await.is_err() {
                     return;
                 }

@@ -8,6 +8,7 @@
 
 pub mod configmap;
 pub mod pod;
+pub mod pvc;
 pub mod secret;
 pub mod security;
 pub mod service;
