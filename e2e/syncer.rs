@@ -62,8 +62,12 @@ fn running_ready(p: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
+/// Waits until `n` pods of `ns` run on both sides and the virtual side tells the host's truth:
+/// each virtual pod is Running, and Ready exactly when its host pod is (a loaded host may mark
+/// pods not ready; the virtual status must follow, not hide it).
 async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: usize) {
     let vpods: Api<Pod> = Api::namespaced(virt.clone(), ns);
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
     eventually(
         &format!("{n} running pods on both sides of {ns}"),
         LONG,
@@ -74,7 +78,23 @@ async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: us
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .collect();
             let v = vpods.list(&ListParams::default()).await.ok()?.items;
-            (h.len() == n && v.len() == n && v.iter().all(running_ready)).then_some(())
+            let host_ready: BTreeSet<String> = h
+                .iter()
+                .filter(|p| running_ready(p))
+                .filter_map(|p| p.annotations().get("vkube.dev/name").cloned())
+                .collect();
+            let virtual_ready: BTreeSet<String> = v
+                .iter()
+                .filter(|p| running_ready(p))
+                .map(|p| p.name_any())
+                .collect();
+            (h.len() == n
+                && v.len() == n
+                && h.iter()
+                    .chain(&v)
+                    .all(|p| phase(p).as_deref() == Some("Running"))
+                && host_ready == virtual_ready)
+                .then_some(())
         },
     )
     .await;
@@ -663,4 +683,70 @@ async fn a_restart_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
         .collect();
     assert_eq!(origins.len(), N, "one host pod per virtual pod");
     assert_eq!(hpods.len(), N, "no duplicates, no orphans");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_carry_a_token_of_their_virtual_service_account() {
+    let t = Tenant::start("satoken");
+    let virt = t.client().await;
+    let host = common::host_client().await;
+    t.kubectl_ok(&["run", "app", "--image=registry.local/app:1"]);
+    wait_replicas(&host, &t, &virt, "default", 1).await;
+    let host_pod = format!("app-x-default-x-{}", t.name);
+    let secret_name = format!("{host_pod}-sa-token");
+    let hsec: Api<Secret> = Api::namespaced(host.clone(), &t.namespace);
+    let secret = eventually("the token secret exists on the host", LONG, || async {
+        hsec.get_opt(&secret_name).await.ok().flatten()
+    })
+    .await;
+    // The host pod mounts it where the projected token was, and owns it.
+    let pod = Api::<Pod>::namespaced(host.clone(), &t.namespace)
+        .get(&host_pod)
+        .await
+        .unwrap();
+    let mounted = pod.spec.unwrap().volumes.unwrap().iter().any(|v| {
+        v.projected.as_ref().is_some_and(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret_name))
+        })
+    });
+    assert!(mounted, "host pod mounts the token secret");
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].uid,
+        pod.metadata.uid.unwrap()
+    );
+    // The token is the virtual service account's, bound to the virtual pod.
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let mut kc = kube::config::Kubeconfig::read_from(&t.kubeconfig).unwrap();
+    kc.auth_infos[0].auth_info = Some(kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    });
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let review =
+        serde_json::to_vec(&k8s_openapi::api::authentication::v1::SelfSubjectReview::default())
+            .unwrap();
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header("Content-Type", "application/json")
+        .body(review)
+        .unwrap();
+    let me: k8s_openapi::api::authentication::v1::SelfSubjectReview =
+        client.request(req).await.unwrap();
+    let user = me.status.unwrap().user_info.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+    let pod_name = user
+        .extra
+        .unwrap_or_default()
+        .get("authentication.kubernetes.io/pod-name")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pod_name, vec!["app".to_string()]);
 }

@@ -38,6 +38,57 @@ fn regarding(ctx: &Context, ev: &Event) -> Option<(String, String, String)> {
     Some((obj.kind.clone()?, o.namespace, o.name))
 }
 
+/// Events from before the syncer started were handled by an earlier run (or are stale). Event
+/// timestamps have second precision, hence the margin.
+fn is_new(ev: &Event, started: k8s_openapi::jiff::Timestamp) -> bool {
+    let when = ev
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(ev.event_time.as_ref().map(|t| t.0))
+        .or(ev.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let margin = k8s_openapi::jiff::SignedDuration::from_secs(2);
+    // The syncer's own events are recorded in the virtual cluster already.
+    ev.reporting_component.as_deref() != Some("vkube-syncer")
+        && when.is_none_or(|w| w >= started - margin)
+}
+
+/// Copies one host event to its virtual object; false if that object is not known (yet).
+async fn forward(ctx: &Context, ev: &Event) -> bool {
+    let Some((kind, namespace, name)) = regarding(ctx, ev) else {
+        return false;
+    };
+    let type_ = if ev.type_.as_deref() == Some("Warning") {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let reason = ev.reason.clone().unwrap_or_else(|| "HostEvent".into());
+    let note = ev.message.clone().unwrap_or_default();
+    match kind.as_str() {
+        "Pod" => {
+            if let Some(p) = ctx
+                .stores
+                .virtual_pods
+                .get(&ObjectRef::<Pod>::new(&name).within(&namespace))
+            {
+                ctx.event(p.as_ref(), type_, &reason, note).await;
+            }
+        }
+        "Service" => {
+            if let Some(s) = ctx
+                .stores
+                .virtual_services
+                .get(&ObjectRef::<Service>::new(&name).within(&namespace))
+            {
+                ctx.event(s.as_ref(), type_, &reason, note).await;
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
 pub fn forwarder(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         if ctx.wait_ready().await.is_err() {
@@ -49,51 +100,28 @@ pub fn forwarder(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
             .default_backoff()
             .applied_objects()
             .boxed();
-        while let Some(ev) = events.next().await {
-            let Ok(ev) = ev else { continue };
-            let when = ev
-                .last_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .or(ev.event_time.as_ref().map(|t| t.0))
-                .or(ev.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            if when.is_some_and(|w| w < started) {
-                continue;
-            }
-            // The syncer's own events are recorded in the virtual cluster already.
-            if ev.reporting_component.as_deref() == Some("vkube-syncer") {
-                continue;
-            }
-            let Some((kind, namespace, name)) = regarding(&ctx, &ev) else {
-                continue;
-            };
-            let type_ = if ev.type_.as_deref() == Some("Warning") {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            let reason = ev.reason.clone().unwrap_or_else(|| "HostEvent".into());
-            let note = ev.message.clone().unwrap_or_default();
-            match kind.as_str() {
-                "Pod" => {
-                    if let Some(p) = ctx
-                        .stores
-                        .virtual_pods
-                        .get(&ObjectRef::<Pod>::new(&name).within(&namespace))
-                    {
-                        ctx.event(p.as_ref(), type_, &reason, note).await;
+        // A host event can arrive before the watch on its object reports the object; such
+        // events wait here a little while for the object to show up.
+        let mut waiting: Vec<(Event, u8)> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = events.next() => {
+                    let Some(ev) = ev else { break };
+                    let Ok(ev) = ev else { continue };
+                    if is_new(&ev, started) && !forward(&ctx, &ev).await {
+                        waiting.push((ev, 0));
                     }
                 }
-                "Service" => {
-                    if let Some(s) = ctx
-                        .stores
-                        .virtual_services
-                        .get(&ObjectRef::<Service>::new(&name).within(&namespace))
-                    {
-                        ctx.event(s.as_ref(), type_, &reason, note).await;
+                _ = tick.tick(), if !waiting.is_empty() => {
+                    let mut still = Vec::new();
+                    for (ev, tries) in std::mem::take(&mut waiting) {
+                        if !forward(&ctx, &ev).await && tries < 10 {
+                            still.push((ev, tries + 1));
+                        }
                     }
+                    waiting = still;
                 }
-                _ => {}
             }
         }
     })

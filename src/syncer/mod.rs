@@ -17,6 +17,7 @@ pub mod pvcs;
 pub mod referenced;
 pub mod secrets;
 pub mod services;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
-use super::{Context, SyncError, nodes, retry_after};
+use super::{Context, SyncError, nodes, retry_after, tokens};
 use crate::translate::origin;
 use crate::translate::pod::{self as translate, PodContext};
 
@@ -170,7 +170,7 @@ async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncErro
     {
         spec.node_name = None;
     }
-    if let Ok(desired) = translate::to_host(&comparable, tenant, &pod_context(&ctx))
+    if let Ok(desired) = translate::to_host(&comparable, tenant, &pod_context(&ctx, &vpod))
         && apply::hash_of(h.as_ref()) != Some(apply::desired_hash_of(&desired).as_str())
     {
         match apply::ensure(&host_api, &ctx.stores.host_pods, tenant, desired).await {
@@ -187,13 +187,20 @@ async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncErro
             Err(e) => return Err(SyncError::Host(e)),
         }
     }
-    let _ = h;
+    if let Some(wanted) = translate::wants_token(&vpod) {
+        let renew = tokens::ensure(&ctx, &vpod, &h, &wanted).await?;
+        return Ok(Action::requeue(renew));
+    }
     Ok(Action::await_change())
 }
 
-fn pod_context(ctx: &Context) -> PodContext {
+fn pod_context(ctx: &Context, vpod: &Pod) -> PodContext {
+    let host_name = ctx.tenant().label_name(
+        vpod.metadata.namespace.as_deref().unwrap_or_default(),
+        vpod.metadata.name.as_deref().unwrap_or_default(),
+    );
     PodContext {
-        token_secret: None,
+        token_secret: translate::wants_token(vpod).map(|_| tokens::secret_name(&host_name)),
         security: ctx.config.pod_security,
     }
 }
@@ -221,7 +228,7 @@ fn was_on_host(vpod: &Pod) -> bool {
 
 async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action, SyncError> {
     let tenant = ctx.tenant();
-    let desired = match translate::to_host(vpod, tenant, &pod_context(ctx)) {
+    let desired = match translate::to_host(vpod, tenant, &pod_context(ctx, vpod)) {
         Ok(d) => d,
         Err(violations) => {
             let list: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
@@ -257,6 +264,12 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
             .await;
             Ok(Action::requeue(Duration::from_secs(60)))
         }
+        Ok((_, Some(created))) => match translate::wants_token(vpod) {
+            Some(wanted) => Ok(Action::requeue(
+                tokens::ensure(ctx, vpod, &created, &wanted).await?,
+            )),
+            None => Ok(Action::await_change()),
+        },
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
             // The host refused it (quota, limits, pod security admission): tell the tenant.

@@ -117,6 +117,8 @@ pub fn orphans<K: Referenced>(
     K::host_store(&ctx.stores)
         .state()
         .into_iter()
+        // Token Secrets belong to their host pod (owner reference), not to a virtual Secret.
+        .filter(|h| !h.labels().contains_key(super::tokens::TOKEN_LABEL))
         .filter(|h| match origin(h.meta()) {
             Some(o) => {
                 let exists = K::virtual_store(&ctx.stores)
