@@ -3,6 +3,10 @@
 # recipe are the ones hack/ uses (hack/versions.sh, hack/build-components.sh), so the image and
 # the test harness run the same binaries.
 #
+# What the image holds and how it runs is listed once, in hack/image-contents.txt: hack/images.sh
+# builds the same image from that list without Docker (for the real test node), and
+# `hack/images.sh check` (run by hack/test.sh) fails when this file and the list disagree.
+#
 #   docker build -t vkube:dev .
 
 FROM golang:1.26-bookworm AS components

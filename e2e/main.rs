@@ -3,5 +3,6 @@
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
 mod common;
+mod real_node;
 mod serve;
 mod syncer;

@@ -66,11 +66,22 @@ fn running_ready(p: &Pod) -> bool {
 /// each virtual pod is Running, and Ready exactly when its host pod is (a loaded host may mark
 /// pods not ready; the virtual status must follow, not hide it).
 async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: usize) {
+    wait_replicas_within(host, t, virt, ns, n, LONG).await
+}
+
+async fn wait_replicas_within(
+    host: &Client,
+    t: &Tenant,
+    virt: &Client,
+    ns: &str,
+    n: usize,
+    timeout: Duration,
+) {
     let vpods: Api<Pod> = Api::namespaced(virt.clone(), ns);
     let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
     eventually(
         &format!("{n} running pods on both sides of {ns}"),
-        LONG,
+        timeout,
         || async {
             let h: Vec<Pod> = host_pods(host, t, ns)
                 .await
@@ -675,7 +686,8 @@ async fn a_restart_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    wait_replicas(&host, &t, &virt, "burst", N).await;
+    // A 200-pod burst shares two cores with every other test: allow it time.
+    wait_replicas_within(&host, &t, &virt, "burst", N, Duration::from_secs(240)).await;
     let hpods = host_pods(&host, &t, "burst").await;
     let origins: BTreeSet<String> = hpods
         .iter()

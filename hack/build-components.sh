@@ -2,10 +2,23 @@
 # Builds (once) and caches the real Kubernetes components the harness runs:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
 # etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), plus kwok's stage files.
+# With --real-node also what hack/real-node.sh runs: kubelet and kube-proxy (k8s.io/kubernetes),
+# CoreDNS (github.com/coredns/coredns) and crictl (sigs.k8s.io/cri-tools). The default path does
+# not build them, so the host cluster alone stays quick to set up.
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
+#
+#   hack/build-components.sh [--real-node]
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
+
+REAL_NODE=0
+for arg in "$@"; do
+  case "$arg" in
+    --real-node) REAL_NODE=1 ;;
+    *) echo "usage: $0 [--real-node]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[hack/build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[hack/build] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -19,12 +32,21 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 need_build() { for b in "$@"; do [[ -x "$VKUBE_BIN/$b" ]] || return 0; done; return 1; }
 
 build_kubernetes() {
+  # Every command the harness may build is in tools.go, so one go.sum serves both paths.
+  local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  (( REAL_NODE )) && bins+=(kubelet kube-proxy)
   need_build "${bins[@]}" || { log "kubernetes $K8S_VERSION binaries cached"; return; }
   local dir="$SRC/kubernetes" staging_ver="v0.${K8S_VERSION#v1.}"
   mkdir -p "$dir"
   cd "$dir"
+  local tools b
+  tools="$(printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in "${all[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+    printf ')')"
+  local fresh=0
   if [[ ! -f go.sum ]]; then
+    fresh=1
     log "resolving k8s.io/kubernetes@$K8S_VERSION (downloads modules: a few minutes on a cold machine)"
     rm -f go.mod
     go mod init vkube.dev/hack/kubernetes >/dev/null 2>&1
@@ -37,19 +59,13 @@ build_kubernetes() {
       grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$upstream_mod" | awk '{print $1}' | sort -u |
         while read -r m; do echo "replace $m => $m $staging_ver"; done
     } >> go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-    go mod tidy || { rm -f go.sum; die "go mod tidy failed for k8s.io/kubernetes@$K8S_VERSION"; }
+  fi
+  # A cache made before kubelet/kube-proxy were added has a shorter tools.go: tidy once more.
+  if (( fresh )) || [[ "$(cat tools.go 2>/dev/null)" != "$tools" ]]; then
+    (( fresh )) || log "adding the new commands to the k8s.io/kubernetes@$K8S_VERSION module (go mod tidy)"
+    printf '%s\n' "$tools" > tools.go
+    # On failure, forget the state so the next run starts over instead of building with a stale go.sum.
+    go mod tidy || { rm -f go.sum tools.go; die "go mod tidy failed for k8s.io/kubernetes@$K8S_VERSION"; }
   fi
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
@@ -106,9 +122,41 @@ build_kwok() {
   fi
 }
 
+build_coredns() {
+  need_build coredns || { log "coredns $COREDNS_VERSION cached"; return; }
+  # Built like etcd, from a throwaway module: the CoreDNS main package with its default plugin set
+  # (core/plugin/zplugin.go in the module), which includes the kubernetes plugin.
+  local dir="$SRC/coredns"
+  mkdir -p "$dir"; cd "$dir"
+  if [[ ! -f go.sum ]]; then
+    log "resolving github.com/coredns/coredns@$COREDNS_VERSION"
+    rm -f go.mod
+    go mod init vkube.dev/hack/coredns >/dev/null 2>&1
+    echo "require github.com/coredns/coredns $COREDNS_VERSION" >> go.mod
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/coredns/coredns"\n' > tools.go
+    go mod tidy || { rm -f go.sum; die "go mod tidy failed for coredns $COREDNS_VERSION"; }
+  fi
+  log "building coredns $COREDNS_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$VKUBE_BIN/coredns.tmp" github.com/coredns/coredns || die "building coredns failed"
+  mv "$VKUBE_BIN/coredns.tmp" "$VKUBE_BIN/coredns"
+}
+
+build_crictl() {
+  need_build crictl || { log "crictl $CRICTL_VERSION cached"; return; }
+  log "building crictl $CRICTL_VERSION"
+  # No replace directives in its go.mod, so go install works directly (like kwok).
+  GOBIN="$VKUBE_BIN" go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" || die "building crictl failed"
+}
+
 start=$(date +%s)
 build_etcd
 build_kwok
 build_kubernetes
+if (( REAL_NODE )); then
+  build_coredns
+  build_crictl
+fi
 log "all components ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
 echo "$VKUBE_BIN"

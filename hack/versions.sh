@@ -3,5 +3,11 @@
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+# Real node only (hack/build-components.sh --real-node). CoreDNS v1.14.7: its go.mod needs Go 1.25
+# (v1.15 needs 1.26) and uses client-go v0.35.4, the same as K8S_VERSION.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+# crictl: Debian has no cri-tools package; hack/real-node.sh uses it to stop pod sandboxes through
+# CRI on `down` (so CNI DEL runs and nothing of the pods' network stays behind).
+CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"
 VKUBE_CACHE="${VKUBE_CACHE:-$HOME/.cache/vkube}"
 VKUBE_BIN="${VKUBE_BIN:-$VKUBE_CACHE/$K8S_VERSION/bin}"
