@@ -639,6 +639,26 @@ spec:
     }
 }
 
+/// Creates pods `p-<i>` for each i in `range`, 16 at a time.
+async fn create_pods(pods: &Api<Pod>, range: std::ops::Range<usize>) {
+    use futures::StreamExt;
+    futures::stream::iter(range)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let p: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("p-{i}")},
+                    "spec": {"containers": [{"name": "main", "image": "registry.local/x:1"}]}
+                }))
+                .unwrap();
+                pods.create(&PostParams::default(), &p).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
     const N: usize = 200;
@@ -646,46 +666,13 @@ async fn a_restart_in_the_middle_of_a_burst_loses_and_duplicates_nothing() {
     let host = common::host_client().await;
     t.create_namespace("burst");
     let virt = t.client().await;
-    let pods: Api<Pod> = Api::namespaced(virt.clone(), "burst");
-    let create = |i: usize| {
-        let pods = pods.clone();
-        async move {
-            let p: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("p-{i}")},
-                "spec": {"containers": [{"name": "main", "image": "registry.local/x:1"}]}
-            }))
-            .unwrap();
-            pods.create(&PostParams::default(), &p).await.unwrap();
-        }
-    };
-    use futures::StreamExt;
-    futures::stream::iter(0..N / 2)
-        .map(create)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    create_pods(&Api::namespaced(virt.clone(), "burst"), 0..N / 2).await;
     // Stop the syncer (and its control plane) while it works through the burst.
     assert!(t.stop().unwrap().success());
     t.spawn();
     t.wait_ready();
     let virt = t.client().await;
-    let pods: Api<Pod> = Api::namespaced(virt.clone(), "burst");
-    let create = |i: usize| {
-        let pods = pods.clone();
-        async move {
-            let p: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("p-{i}")},
-                "spec": {"containers": [{"name": "main", "image": "registry.local/x:1"}]}
-            }))
-            .unwrap();
-            pods.create(&PostParams::default(), &p).await.unwrap();
-        }
-    };
-    futures::stream::iter(N / 2..N)
-        .map(create)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    create_pods(&Api::namespaced(virt.clone(), "burst"), N / 2..N).await;
     // A 200-pod burst shares two cores with every other test: allow it time.
     wait_replicas_within(&host, &t, &virt, "burst", N, Duration::from_secs(240)).await;
     let hpods = host_pods(&host, &t, "burst").await;

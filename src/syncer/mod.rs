@@ -26,6 +26,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::Api;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -179,6 +180,29 @@ fn trim<K: Resource>(obj: &mut K) {
 
 type Driver = BoxFuture<'static, ()>;
 
+/// What a watched, cached and reconciled Kubernetes kind must be.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Called with every event a watch delivers, after the store has applied it. Hooks turn events
 /// into triggers; they are plain channel sends, so a slow controller never stalls a watch.
 type Hook<K> = Box<dyn Fn(&watcher::Event<K>) + Send + Sync>;
@@ -262,13 +286,7 @@ fn watched_store<K>(
     hooks: Vec<Hook<K>>,
 ) -> (Store<K>, watch::Receiver<bool>, Driver)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     watched_store_with(api, wc, hooks, trim::<K>)
 }
@@ -281,13 +299,7 @@ fn watched_store_with<K>(
     trim: fn(&mut K),
 ) -> (Store<K>, watch::Receiver<bool>, Driver)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store::<K>();
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -501,6 +513,65 @@ pub async fn run(
 
 /// Virtual objects to reconcile because something related changed.
 pub type Requeue<K> = UnboundedReceiver<ObjectRef<K>>;
+
+/// A kube-runtime Controller over the virtual store `reader`: triggered by `trigger` (virtual
+/// changes) and `requeue` (related host changes), bounded by the configured concurrency, with
+/// the shared error policy.
+pub fn controller<K, T, F, Fut>(
+    ctx: Arc<Context>,
+    reader: Store<K>,
+    trigger: T,
+    requeue: Requeue<K>,
+    reconcile: F,
+) -> Driver
+where
+    K: Watched,
+    T: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, SyncError>> + Send + 'static,
+{
+    let concurrency = ctx.config.concurrency;
+    Box::pin(
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(requeue)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .run(reconcile, error_policy::<K>, ctx)
+            .for_each(|_| futures::future::ready(())),
+    )
+}
+
+/// Logs the failure and retries with a delay that depends on the error.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &SyncError,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        kind = %K::kind(&()),
+        object = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
+        %error,
+        error_kind = error.kind(),
+        "sync failed; retrying"
+    );
+    Action::requeue(retry_after(error))
+}
+
+/// Host copies (labelled as this tenant's) whose virtual object no longer exists.
+pub fn orphans_of<K, V>(host: &Store<K>, virt: &Store<V>) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    V: Resource<DynamicType = ()> + Clone + 'static,
+{
+    host.state()
+        .into_iter()
+        .filter(|h| match crate::translate::origin(h.meta()) {
+            Some(o) => virt
+                .get(&ObjectRef::new(&o.name).within(&o.namespace))
+                .is_none(),
+            None => true,
+        })
+        .collect()
+}
 
 /// How long to wait before retrying an object whose reconcile failed.
 pub fn retry_after(error: &SyncError) -> Duration {

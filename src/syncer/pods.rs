@@ -5,17 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodStatus};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
-use super::{Context, SyncError, nodes, retry_after, tokens};
+use super::{Context, SyncError, nodes, tokens};
 use crate::translate::origin;
 use crate::translate::pod::{self as translate, PodContext};
 
@@ -27,14 +26,7 @@ pub fn controller(
     requeue: super::Requeue<Pod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
-    let concurrency = ctx.config.concurrency;
-    Box::pin(
-        Controller::for_stream(trigger, reader)
-            .reconcile_on(requeue)
-            .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| futures::future::ready(())),
-    )
+    super::controller(ctx, reader, trigger, requeue, reconcile)
 }
 
 /// Host → virtual: binding and status, triggered by host pod changes. Its own controller with
@@ -44,13 +36,12 @@ pub fn status_controller(
     requeue: super::Requeue<Pod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
-    let concurrency = ctx.config.concurrency;
-    Box::pin(
-        Controller::for_stream(futures::stream::pending(), reader)
-            .reconcile_on(requeue)
-            .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile_status, error_policy, ctx)
-            .for_each(|_| futures::future::ready(())),
+    super::controller(
+        ctx,
+        reader,
+        futures::stream::pending(),
+        requeue,
+        reconcile_status,
     )
 }
 
@@ -76,16 +67,6 @@ async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, S
         Api::namespaced(ctx.virt.clone(), &vpod.namespace().unwrap_or_default());
     sync_up(&vpod, &h, &ctx, &virt_api).await?;
     Ok(Action::await_change())
-}
-
-fn error_policy(pod: Arc<Pod>, error: &SyncError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
-        error = %error,
-        kind = error.kind(),
-        "pod sync failed; retrying"
-    );
-    Action::requeue(retry_after(error))
 }
 
 fn uid_precondition(uid: Option<String>) -> DeleteParams {
@@ -397,19 +378,9 @@ pub fn status_differs(have: Option<&PodStatus>, want: &PodStatus) -> bool {
 
 /// Host pods whose virtual pod is gone (or never was), for the garbage collector.
 pub fn orphans(ctx: &Context) -> Vec<Arc<Pod>> {
-    ctx.stores
-        .host_pods
-        .state()
+    super::orphans_of(&ctx.stores.host_pods, &ctx.stores.virtual_pods)
         .into_iter()
         .filter(|h| h.metadata.deletion_timestamp.is_none())
-        .filter(|h| match origin(&h.metadata) {
-            Some(o) => ctx
-                .stores
-                .virtual_pods
-                .get(&ObjectRef::new(&o.name).within(&o.namespace))
-                .is_none(),
-            None => true,
-        })
         .collect()
 }
 

@@ -5,38 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
-use super::{Context, Requeue, SyncError, Trigger, retry_after};
-use crate::translate::{self, origin};
+use super::{Context, SyncError};
+use crate::translate::{self};
 
 pub fn controller(
     ctx: Arc<Context>,
-    trigger: Trigger<PersistentVolumeClaim>,
-    requeue: Requeue<PersistentVolumeClaim>,
+    trigger: super::Trigger<PersistentVolumeClaim>,
+    requeue: super::Requeue<PersistentVolumeClaim>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_claims.clone();
-    let concurrency = ctx.config.concurrency;
-    Box::pin(
-        Controller::for_stream(trigger, reader)
-            .reconcile_on(requeue)
-            .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| futures::future::ready(())),
-    )
-}
-
-fn error_policy(c: Arc<PersistentVolumeClaim>, error: &SyncError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(claim = %c.name_any(), %error, "claim sync failed; retrying");
-    Action::requeue(retry_after(error))
+    super::controller(ctx, reader, trigger, requeue, reconcile)
 }
 
 async fn reconcile(
@@ -111,17 +98,5 @@ async fn reconcile(
 }
 
 pub fn orphans(ctx: &Context) -> Vec<Arc<PersistentVolumeClaim>> {
-    ctx.stores
-        .host_claims
-        .state()
-        .into_iter()
-        .filter(|h| match origin(&h.metadata) {
-            Some(o) => ctx
-                .stores
-                .virtual_claims
-                .get(&ObjectRef::new(&o.name).within(&o.namespace))
-                .is_none(),
-            None => true,
-        })
-        .collect()
+    super::orphans_of(&ctx.stores.host_claims, &ctx.stores.virtual_claims)
 }

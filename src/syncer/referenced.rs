@@ -7,11 +7,10 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::Api;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -19,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::apply::{self, Applied};
-use super::{Context, Requeue, Stores, SyncError, SyncerConfig, Trigger, retry_after};
+use super::{Context, Requeue, Stores, SyncError, SyncerConfig, Trigger};
 use crate::translate::pod::References;
 use crate::translate::{self, Tenant, origin};
 
@@ -48,19 +47,7 @@ pub fn controller<K: Referenced>(
     requeue: Requeue<K>,
 ) -> BoxFuture<'static, ()> {
     let reader = K::virtual_store(&ctx.stores).clone();
-    let concurrency = ctx.config.concurrency;
-    Box::pin(
-        Controller::for_stream(trigger, reader)
-            .reconcile_on(requeue)
-            .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile::<K>, error_policy::<K>, ctx)
-            .for_each(|_| futures::future::ready(())),
-    )
-}
-
-fn error_policy<K: Referenced>(obj: Arc<K>, error: &SyncError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(kind = K::NOUN, name = %obj.name_any(), %error, "sync failed; retrying");
-    Action::requeue(retry_after(error))
+    super::controller(ctx, reader, trigger, requeue, reconcile::<K>)
 }
 
 /// Whether any virtual pod in `namespace` references `name`.
@@ -114,20 +101,17 @@ pub fn orphans<K: Referenced>(
     ctx: &Context,
     referenced: &HashSet<(String, String)>,
 ) -> Vec<Arc<K>> {
+    let gone = super::orphans_of(K::host_store(&ctx.stores), K::virtual_store(&ctx.stores));
     K::host_store(&ctx.stores)
         .state()
         .into_iter()
         // Token Secrets belong to their host pod (owner reference), not to a virtual Secret.
         .filter(|h| !h.labels().contains_key(super::tokens::TOKEN_LABEL))
-        .filter(|h| match origin(h.meta()) {
-            Some(o) => {
-                let exists = K::virtual_store(&ctx.stores)
-                    .get(&ObjectRef::new(&o.name).within(&o.namespace))
-                    .is_some();
-                !exists
-                    || !(K::sync_all(&ctx.config) || referenced.contains(&(o.namespace, o.name)))
-            }
-            None => true,
+        .filter(|h| {
+            let unwanted = origin(h.meta()).is_none_or(|o| {
+                !(K::sync_all(&ctx.config) || referenced.contains(&(o.namespace, o.name)))
+            });
+            unwanted || gone.iter().any(|g| g.meta().uid == h.meta().uid)
         })
         .collect()
 }

@@ -5,18 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
-use super::{Context, SyncError, retry_after};
-use crate::translate::{self, origin};
+use super::{Context, SyncError};
+use crate::translate::{self};
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -24,19 +23,7 @@ pub fn controller(
     requeue: super::Requeue<Service>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_services.clone();
-    let concurrency = ctx.config.concurrency;
-    Box::pin(
-        Controller::for_stream(trigger, reader)
-            .reconcile_on(requeue)
-            .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| futures::future::ready(())),
-    )
-}
-
-fn error_policy(s: Arc<Service>, error: &SyncError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(service = %s.name_any(), %error, "service sync failed; retrying");
-    Action::requeue(retry_after(error))
+    super::controller(ctx, reader, trigger, requeue, reconcile)
 }
 
 /// The virtual API server's own Service; it must lead to the tenant's API proxy, not be copied.
@@ -107,17 +94,5 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
 }
 
 pub fn orphans(ctx: &Context) -> Vec<Arc<Service>> {
-    ctx.stores
-        .host_services
-        .state()
-        .into_iter()
-        .filter(|h| match origin(&h.metadata) {
-            Some(o) => ctx
-                .stores
-                .virtual_services
-                .get(&ObjectRef::new(&o.name).within(&o.namespace))
-                .is_none(),
-            None => true,
-        })
-        .collect()
+    super::orphans_of(&ctx.stores.host_services, &ctx.stores.virtual_services)
 }
