@@ -274,6 +274,17 @@ pub async fn run(
 async fn default_service_account(client: &kube::Client, timeout: Duration) -> bool {
     let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
         kube::Api::namespaced(client.clone(), "default");
+    // The controller manager's service-account controller needs a few seconds after start to
+    // sync its informers; creating the object ourselves makes a new tenant usable at once (the
+    // controller adopts it as is).
+    let sa = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let _ = api.create(&kube::api::PostParams::default(), &sa).await;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = api.get_opt("default").await {
