@@ -325,8 +325,8 @@ impl Pki {
     }
 
     /// Brings stored credentials in line with `spec`: re-issues each leaf whose names, issuer or
-    /// expiry no longer fit, keeping CAs and the service-account key. Returns whether anything
-    /// changed (and must be persisted).
+    /// expiry no longer fit, keeping CAs and the service-account key. Returns the re-issued leaves
+    /// (to be persisted when not empty).
     pub fn reconcile(&mut self, spec: &PkiSpec) -> Result<Vec<Leaf>, PkiError> {
         let now = OffsetDateTime::now_utc();
         let mut reissued = Vec::new();

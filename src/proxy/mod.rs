@@ -102,11 +102,6 @@ impl Proxy {
         self.state.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn readiness(&self) -> impl Fn(bool) + Send + Sync + 'static {
-        let state = self.state.clone();
-        move |ready| state.ready.store(ready, Ordering::SeqCst)
-    }
-
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         loop {

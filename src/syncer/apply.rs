@@ -34,11 +34,6 @@ pub fn stamp<K: Resource + Serialize>(desired: &mut K) -> String {
     hash
 }
 
-/// The hash `stamp` would record for `desired`.
-pub fn desired_hash_of<K: Serialize>(desired: &K) -> String {
-    desired_hash(desired)
-}
-
 pub fn hash_of<K: Resource>(obj: &K) -> Option<&str> {
     obj.meta()
         .annotations

@@ -10,7 +10,6 @@ use super::{Stores, SyncerConfig};
 use crate::translate::{self, Tenant, pod::References};
 
 impl Referenced for ConfigMap {
-    const NOUN: &'static str = "configmap";
     fn virtual_store(stores: &Stores) -> &Store<Self> {
         &stores.virtual_config_maps
     }

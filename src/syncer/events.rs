@@ -101,7 +101,7 @@ pub fn forwarder(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
             .applied_objects()
             .boxed();
         // A host event can arrive before the watch on its object reports the object; such
-        // events wait here a little while for the object to show up.
+        // events wait here (up to 30 s: watches lag under load) for the object to show up.
         let mut waiting: Vec<(Event, u8)> = Vec::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
@@ -116,7 +116,7 @@ pub fn forwarder(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
                 _ = tick.tick(), if !waiting.is_empty() => {
                     let mut still = Vec::new();
                     for (ev, tries) in std::mem::take(&mut waiting) {
-                        if !forward(&ctx, &ev).await && tries < 10 {
+                        if !forward(&ctx, &ev).await && tries < 60 {
                             still.push((ev, tries + 1));
                         }
                     }

@@ -136,6 +136,27 @@ impl Context {
             .map_err(|_| SyncError::NotReady)
     }
 
+    /// Reports that the host name for `obj` is taken by an object this tenant does not own, and
+    /// says when to look again. The foreign object is never touched.
+    pub async fn conflict<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        host_name: &str,
+    ) -> Action {
+        self.event(
+            obj,
+            EventType::Warning,
+            "HostNameConflict",
+            format!(
+                "{} {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
+                K::kind(&()).to_lowercase(),
+                self.config.tenant.host_namespace
+            ),
+        )
+        .await;
+        Action::requeue(Duration::from_secs(60))
+    }
+
     /// A Kubernetes Event on a virtual object (deduplicated into a series by the recorder).
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,

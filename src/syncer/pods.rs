@@ -147,12 +147,12 @@ async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncErro
     let mut comparable = vpod.as_ref().clone();
     if let Some(spec) = comparable.spec.as_mut()
         && spec.node_name == h.spec.as_ref().and_then(|s| s.node_name.clone())
-        && was_bound_by_us(&vpod)
+        && was_on_host(&vpod)
     {
         spec.node_name = None;
     }
     if let Ok(desired) = translate::to_host(&comparable, tenant, &pod_context(&ctx, &vpod))
-        && apply::hash_of(h.as_ref()) != Some(apply::desired_hash_of(&desired).as_str())
+        && apply::hash_of(h.as_ref()) != Some(crate::translate::desired_hash(&desired).as_str())
     {
         match apply::ensure(&host_api, &ctx.stores.host_pods, tenant, desired).await {
             Ok(_) => {}
@@ -184,11 +184,6 @@ fn pod_context(ctx: &Context, vpod: &Pod) -> PodContext {
         token_secret: translate::wants_token(vpod).map(|_| tokens::secret_name(&host_name)),
         security: ctx.config.pod_security,
     }
-}
-
-/// The virtual pod's node came from a binding (ours), not from the tenant's spec.
-fn was_bound_by_us(vpod: &Pod) -> bool {
-    was_on_host(vpod)
 }
 
 /// The virtual pod was scheduled through us before (the binding marks it): its host pod existed.
@@ -232,19 +227,7 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
     };
     let host_name = desired.name_any();
     match apply::ensure(host_api, &ctx.stores.host_pods, tenant, desired).await {
-        Ok((Applied::Conflict, _)) => {
-            ctx.event(
-                vpod,
-                EventType::Warning,
-                "HostNameConflict",
-                format!(
-                    "pod {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
-                    tenant.host_namespace
-                ),
-            )
-            .await;
-            Ok(Action::requeue(Duration::from_secs(60)))
-        }
+        Ok((Applied::Conflict, _)) => Ok(ctx.conflict(vpod, &host_name).await),
         Ok((_, Some(created))) => match translate::wants_token(vpod) {
             Some(wanted) => Ok(Action::requeue(
                 tokens::ensure(ctx, vpod, &created, &wanted).await?,
@@ -346,8 +329,9 @@ async fn sync_up(
             Err(e) => return Err(SyncError::Virtual(e)),
         }
     }
-    let want = translate::status_to_virtual(&host_status);
-    if status_differs(vpod.status.as_ref(), &want) {
+    // Everything the host's kubelet reports is true for the virtual pod as is.
+    let want = &host_status;
+    if status_differs(vpod.status.as_ref(), want) {
         let patch = serde_json::json!({ "status": want });
         match virt_api
             .patch_status(

@@ -42,17 +42,7 @@ async fn reconcile(
     let api: Api<PersistentVolumeClaim> = ctx.host_api();
     match apply::ensure(&api, &ctx.stores.host_claims, tenant, desired).await {
         Ok((Applied::Conflict, _)) => {
-            ctx.event(
-                vclaim.as_ref(),
-                EventType::Warning,
-                "HostNameConflict",
-                format!(
-                    "claim {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
-                    tenant.host_namespace
-                ),
-            )
-            .await;
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            return Ok(ctx.conflict(vclaim.as_ref(), &host_name).await);
         }
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {

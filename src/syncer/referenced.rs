@@ -5,13 +5,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -32,8 +30,6 @@ pub trait Referenced:
     + Sync
     + 'static
 {
-    /// Lower-case kind, for messages.
-    const NOUN: &'static str;
     fn virtual_store(stores: &Stores) -> &Store<Self>;
     fn host_store(stores: &Stores) -> &Store<Self>;
     fn sync_all(config: &SyncerConfig) -> bool;
@@ -79,18 +75,7 @@ async fn reconcile<K: Referenced>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         .await
         .map_err(SyncError::Host)?
     {
-        ctx.event(
-            obj.as_ref(),
-            EventType::Warning,
-            "HostNameConflict",
-            format!(
-                "{} {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
-                K::NOUN,
-                tenant.host_namespace
-            ),
-        )
-        .await;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(ctx.conflict(obj.as_ref(), &host_name).await);
     }
     Ok(Action::await_change())
 }

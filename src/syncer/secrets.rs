@@ -11,7 +11,6 @@ use super::{Stores, SyncerConfig};
 use crate::translate::{self, Tenant, pod::References};
 
 impl Referenced for Secret {
-    const NOUN: &'static str = "secret";
     fn virtual_store(stores: &Stores) -> &Store<Self> {
         &stores.virtual_secrets
     }

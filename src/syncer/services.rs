@@ -3,7 +3,6 @@
 //! Warning Event saying so. Load-balancer status flows back up.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
@@ -57,17 +56,7 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
             .await
             .map_err(SyncError::Host)?
     {
-        ctx.event(
-                vsvc.as_ref(),
-                EventType::Warning,
-                "HostNameConflict",
-                format!(
-                    "service {host_name} already exists in host namespace {} and is not managed by this virtual cluster; not touching it",
-                    tenant.host_namespace
-                ),
-            )
-            .await;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(ctx.conflict(vsvc.as_ref(), &host_name).await);
     }
     // Load-balancer addresses are the host's to know.
     if let Some(h) = ctx

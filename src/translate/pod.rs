@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, ObjectFieldSelector, Pod, PodAffinityTerm, PodSpec,
-    PodStatus, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
+    ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
@@ -177,35 +177,23 @@ pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec
         translate_container(c, &cm);
     }
     if let Some(aff) = spec.affinity.as_mut() {
-        if let Some(pa) = aff.pod_affinity.as_mut() {
-            for t in pa
-                .required_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten()
-            {
+        let affinity = aff.pod_affinity.as_mut().map(|a| {
+            (
+                &mut a.required_during_scheduling_ignored_during_execution,
+                &mut a.preferred_during_scheduling_ignored_during_execution,
+            )
+        });
+        let anti = aff.pod_anti_affinity.as_mut().map(|a| {
+            (
+                &mut a.required_during_scheduling_ignored_during_execution,
+                &mut a.preferred_during_scheduling_ignored_during_execution,
+            )
+        });
+        for (required, preferred) in affinity.into_iter().chain(anti) {
+            for t in required.iter_mut().flatten() {
                 confine_term(t, tenant, &namespace);
             }
-            for w in pa
-                .preferred_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten()
-            {
-                confine_term(&mut w.pod_affinity_term, tenant, &namespace);
-            }
-        }
-        if let Some(pa) = aff.pod_anti_affinity.as_mut() {
-            for t in pa
-                .required_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten()
-            {
-                confine_term(t, tenant, &namespace);
-            }
-            for w in pa
-                .preferred_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten()
-            {
+            for w in preferred.iter_mut().flatten() {
                 confine_term(&mut w.pod_affinity_term, tenant, &namespace);
             }
         }
@@ -366,11 +354,6 @@ fn confine_selector(sel: &mut LabelSelector, tenant: &Tenant, namespace: Option<
     if let Some(ns) = namespace {
         labels.insert(VIRTUAL_NAMESPACE.into(), ns.into());
     }
-}
-
-/// The virtual pod's status, from the host pod's: everything the kubelet reports is true as is.
-pub fn status_to_virtual(host: &PodStatus) -> PodStatus {
-    host.clone()
 }
 
 #[cfg(test)]
