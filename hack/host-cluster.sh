@@ -53,6 +53,49 @@ stop_all() {
   done
 }
 
+# What kwok's kubelet endpoint serves for every fake pod, so logs, attach, exec and port-forward
+# work end to end through the host API (and vkube's proxy): logs and attach read
+# DIR/kwok-pods.log (CRI log format; tests append lines to it), exec runs the command here, in
+# DIR/kwok-exec, as this user (a test harness only: never give kwok this config elsewhere), and
+# port-forward echoes every port back (`cat`).
+kwok_debugging_config() {
+  mkdir -p "$DIR/kwok-exec"
+  [[ -f "$DIR/kwok-pods.log" ]] || printf '%s stdout F %s\n' \
+    "2026-01-01T00:00:00.000000000Z" "kwok pod log: first line" \
+    "2026-01-01T00:00:01.000000000Z" "kwok pod log: second line" > "$DIR/kwok-pods.log"
+  [[ -f "$DIR/kwok-pods-previous.log" ]] || printf '%s stdout F %s\n' \
+    "2025-12-31T00:00:00.000000000Z" "kwok pod log: previous container" > "$DIR/kwok-pods-previous.log"
+  cat > "$DIR/kwok-debugging.yaml" <<YAML
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata: {name: every-pod}
+spec:
+  logs:
+  - {logsFile: "$DIR/kwok-pods.log", previousLogsFile: "$DIR/kwok-pods-previous.log"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterAttach
+metadata: {name: every-pod}
+spec:
+  attaches:
+  - {logsFile: "$DIR/kwok-pods.log"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata: {name: every-pod}
+spec:
+  execs:
+  - local: {workDir: "$DIR/kwok-exec"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata: {name: every-pod}
+spec:
+  forwards:
+  - command: [cat]
+YAML
+}
+
 gen_pki() {
   [[ -f "$PKI/.done" ]] && return 0
   command -v openssl >/dev/null || die "openssl is needed to create the host cluster's certificates (apt-get install openssl)"
@@ -186,8 +229,11 @@ up() {
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --profiling=false
   local stages=() f
   for f in "$VKUBE_CACHE/$K8S_VERSION/kwok-stages"/*.yaml; do stages+=(--config "$f"); done
+  kwok_debugging_config
+  stages+=(--config "$DIR/kwok-debugging.yaml")
   start_proc kwok "$bin/kwok" --kubeconfig "$DIR/kwok.kubeconfig" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds 40 \
     --cidr 10.244.0.0/16 --node-ip 127.0.0.1 \
     --server-address "127.0.0.1:$kwok_port" --node-port "$kwok_port" \
     --tls-cert-file "$PKI/kwok-kubelet.crt" --tls-private-key-file "$PKI/kwok-kubelet.key" \

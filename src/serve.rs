@@ -194,7 +194,15 @@ pub async fn run(
         }
         .into());
     }
-    let proxy_config = match proxy_config(&pki, &control_plane, internal) {
+    let pod_router = crate::proxy::pods::PodRouter {
+        virt: virt_client.clone(),
+        host: host.clone(),
+        tenant: Tenant {
+            name: opts.name.clone(),
+            host_namespace: namespace.clone(),
+        },
+    };
+    let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router) {
         Ok(c) => c,
         Err(e) => {
             control_plane.stop().await;
@@ -306,6 +314,7 @@ fn proxy_config(
     pki: &crate::pki::Pki,
     control_plane: &ControlPlane,
     internal: kube::Client,
+    pods: crate::proxy::pods::PodRouter,
 ) -> Result<ProxyConfig, ServeError> {
     let proxy_leaf = pki.leaf(Leaf::Proxy);
     let tenant_ca = &pki.ca(Authority::Tenant).cert_pem;
@@ -315,6 +324,7 @@ fn proxy_config(
         backend_url: control_plane.apiserver_url(),
         backend_tls: tls::client_config(tenant_ca, &front.cert_pem, &front.key_pem)?,
         tokens: TokenAuthenticator::new(internal),
+        pods: Some(pods),
     })
 }
 

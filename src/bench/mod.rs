@@ -7,6 +7,7 @@
 //! pod Running. Throughput is pods divided by the time from the first create to the last pod
 //! seen, for the syncer and the baseline alike.
 
+pub mod proxy;
 pub mod stats;
 
 use std::collections::HashMap;

@@ -44,6 +44,41 @@ enum Command {
 enum BenchCommand {
     /// Pods through the syncer vs the same pods created directly in the host API.
     Sync(BenchSyncArgs),
+    /// The same request mix straight to the virtual kube-apiserver and through vkube's proxy;
+    /// port-forward through a virtual pod vs its host pod.
+    Proxy(BenchProxyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchProxyArgs {
+    /// Kubeconfig of the virtual cluster (through the proxy).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Name of the virtual cluster.
+    #[arg(long)]
+    name: String,
+    /// Data directory of its `vkube serve`: the virtual kube-apiserver's own address is read
+    /// from there (the direct baseline).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    host: HostArgs,
+    /// GET requests per side (LIST and create counts derive from it).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Pods created for the LIST (and one of them for port-forward).
+    #[arg(long, default_value_t = 500)]
+    list_pods: usize,
+    #[arg(long, default_value_t = 1000)]
+    watch_events: usize,
+    /// MiB echoed through port-forward per round; 0 skips it.
+    #[arg(long, default_value_t = 100)]
+    forward_mib: usize,
+    /// Write the JSON report here (it is always printed to stdout too).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,6 +218,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve_command(args).await,
             Command::Kubeconfig(args) => kubeconfig_command(args).await,
             Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
+            Command::Bench(BenchCommand::Proxy(args)) => bench_proxy_command(args).await,
         }
     });
     match result {
@@ -349,5 +385,55 @@ async fn bench_sync_command(args: BenchSyncArgs) -> anyhow::Result<()> {
     }
     println!("{json}");
     eprint!("{}", vkube::bench::table(&report));
+    Ok(())
+}
+
+async fn bench_proxy_command(args: BenchProxyArgs) -> anyhow::Result<()> {
+    let yaml = std::fs::read_to_string(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let proxy = vkube::kubeconfig::client_from_yaml(&yaml).await?;
+    // The controller manager's kubeconfig points straight at the virtual kube-apiserver.
+    let kcm_path = args.data_dir.join("controller-manager.kubeconfig");
+    let kcm = std::fs::read_to_string(&kcm_path).with_context(|| {
+        format!(
+            "reading {} (is --data-dir the directory of a running vkube serve?)",
+            kcm_path.display()
+        )
+    })?;
+    let direct_server = kube::config::Kubeconfig::from_yaml(&kcm)?
+        .clusters
+        .into_iter()
+        .find_map(|c| c.cluster?.server)
+        .with_context(|| format!("no server in {}", kcm_path.display()))?;
+    let direct = vkube::kubeconfig::client_from_yaml(&vkube::kubeconfig::with_server(
+        &yaml,
+        &direct_server,
+    )?)
+    .await?;
+    let (host, _) = host::host_client(args.host.host_kubeconfig.as_deref()).await?;
+    let tenant = vkube::translate::Tenant {
+        host_namespace: args
+            .host
+            .host_namespace
+            .unwrap_or_else(|| host::default_namespace(&args.name)),
+        name: args.name,
+    };
+    let bench = vkube::bench::proxy::ProxyBench {
+        proxy,
+        direct,
+        host: Some((host, tenant)),
+        requests: args.requests,
+        concurrency: args.concurrency,
+        list_pods: args.list_pods,
+        watch_events: args.watch_events,
+        forward_mib: args.forward_mib,
+    };
+    let report = vkube::bench::proxy::run(&bench).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    eprint!("{}", vkube::bench::proxy::table(&report));
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! or a bearer token checked by TokenReview), then forwards the request to the virtual API server
 //! over a connection authenticated as the front proxy, with the caller's identity in requestheader
 //! headers, so RBAC inside the virtual cluster decides. Bodies stream both ways (watch never
-//! buffers) and protocol upgrades (exec, attach, port-forward) are tunnelled.
+//! buffers) and protocol upgrades are tunnelled. Pod logs, exec, attach and port-forward are
+//! served from the host pod (module `pods`).
 
 pub mod auth;
 pub mod identity;
+pub mod pods;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,7 +27,10 @@ use tokio::sync::watch;
 use auth::TokenAuthenticator;
 use identity::Identity;
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Not `Sync`: host responses come from kube's client body, which is `Send` only (all hyper
+/// needs).
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 type Backend = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,12 +52,16 @@ pub struct ProxyConfig {
     /// Trusts the API server's CA and presents the front-proxy client certificate.
     pub backend_tls: rustls::ClientConfig,
     pub tokens: TokenAuthenticator,
+    /// Serves pod logs/exec/attach/port-forward from the host; `None` leaves them to the
+    /// virtual API server (which has no kubelet to ask).
+    pub pods: Option<pods::PodRouter>,
 }
 
 struct State {
     backend: Backend,
     backend_url: String,
     tokens: TokenAuthenticator,
+    pods: Option<pods::PodRouter>,
     ready: AtomicBool,
 }
 
@@ -88,6 +97,7 @@ impl Proxy {
                 backend,
                 backend_url: config.backend_url.trim_end_matches('/').to_string(),
                 tokens: config.tokens,
+                pods: config.pods,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -159,10 +169,10 @@ impl Proxy {
     }
 }
 
-fn full(body: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// A Kubernetes `Status` response, as the API server itself would send.
@@ -236,8 +246,21 @@ async fn handle(
             None => return Ok(unauthorized()),
         },
     };
-    tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
-    Ok(forward(req, Some(&identity), &state).await)
+    match (pods::route(&path), &state.pods) {
+        (pods::Route::Host(target), Some(router)) => {
+            tracing::debug!(user = %identity.user, %path, "serving from the host pod");
+            Ok(router.serve(req, target, &identity).await)
+        }
+        (pods::Route::Invalid, _) => Ok(status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "invalid request path",
+        )),
+        _ => {
+            tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
+            Ok(forward(req, Some(&identity), &state).await)
+        }
+    }
 }
 
 fn unauthorized() -> Response<ProxyBody> {
@@ -298,5 +321,5 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     identity::strip_hop_by_hop(&mut parts.headers, switching);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
