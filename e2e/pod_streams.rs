@@ -445,6 +445,28 @@ async fn virtual_rbac_decides_who_may_exec_and_forged_headers_do_not_help() {
         assert!(!out.status.success(), "{protocol}: port-forward allowed");
     }
 
+    // Impersonation: the admin acting as the viewer gets the viewer's rights; the viewer
+    // cannot act as anyone.
+    let as_viewer = "--as=system:serviceaccount:default:viewer";
+    let out = t.kubectl(&[as_viewer, "logs", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = t.kubectl(&[as_viewer, "exec", "web", "--", "echo", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("User \"system:serviceaccount:default:viewer\" cannot create"),
+        "{err}"
+    );
+    let out = t.kubectl(&["exec", "web", "--", "echo", "as-admin"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "as-admin\n",
+        "{out:?}"
+    );
+    let out = common::kubectl(&viewer_kc, &["--as=kubernetes-admin", "logs", "web"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot impersonate"), "{err}");
+
     // An identity header sent by the caller is ignored: still the viewer, still forbidden.
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await

@@ -263,6 +263,36 @@ async fn handle(
     }
 }
 
+/// Buffer per direction of an upgraded stream. Port-forward and exec carry bulk data; tokio's
+/// default 8 KiB means many small TLS records and syscalls (measured: 100 MiB port-forward
+/// echo at 0.69 of the direct rate with 8 KiB).
+const TUNNEL_BUFFER: usize = 64 * 1024;
+
+/// Copies an upgraded (101) connection both ways until both sides are done. Each direction is
+/// shut down on its own EOF: a half-close reaches the far end (stdin closed, `cat` ends) while
+/// output still flows back.
+pub(crate) fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, backend) {
+            Ok((client, backend)) => {
+                let mut client = TokioIo::new(client);
+                let mut backend = TokioIo::new(backend);
+                if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut backend,
+                    TUNNEL_BUFFER,
+                    TUNNEL_BUFFER,
+                )
+                .await
+                {
+                    tracing::debug!(error = %e, "upgraded stream ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
 fn unauthorized() -> Response<ProxyBody> {
     status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
 }
@@ -305,19 +335,7 @@ async fn forward(
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_upgrade) = client_upgrade {
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, backend_upgrade) {
-                Ok((client, backend)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut backend = TokioIo::new(backend);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                        tracing::debug!(error = %e, "upgraded stream ended");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
+        spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
     }
     let (mut parts, body) = resp.into_parts();
     identity::strip_hop_by_hop(&mut parts.headers, switching);

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -18,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
 use super::identity::{self, Identity};
-use super::{ProxyBody, full, status_response};
+use super::{ProxyBody, full, spawn_tunnel, status_response};
 use crate::translate::{Tenant, VIRTUAL_UID};
 
 /// Request bodies of these subresources are empty (the streams follow the upgrade); anything
@@ -147,10 +146,125 @@ pub fn host_headers(incoming: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn is_impersonating(headers: &HeaderMap) -> bool {
-    headers
-        .keys()
-        .any(|k| k.as_str().starts_with("impersonate-"))
+/// What `Impersonate-*` headers ask for (`kubectl --as`, `--as-group`, `--as-uid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impersonation {
+    pub identity: Identity,
+    /// What the caller must be allowed to `impersonate`, as (group, resource, subresource,
+    /// namespace, name) — the checks the API server makes.
+    pub checks: Vec<ImpersonationCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImpersonationCheck {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Reads the impersonation headers; `Ok(None)` when there are none.
+pub fn impersonation(headers: &HeaderMap) -> Result<Option<Impersonation>, String> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in headers {
+        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-")
+            && let Ok(v) = v.to_str()
+        {
+            let key = percent_decode(key).ok_or("invalid Impersonate-Extra- header name")?;
+            extra.entry(key).or_default().push(v.to_string());
+        }
+    }
+    let user = values("impersonate-user").into_iter().next();
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid").into_iter().next();
+    let Some(user) = user else {
+        if groups.is_empty() && uid.is_none() && extra.is_empty() {
+            return Ok(None);
+        }
+        return Err("Impersonate-User is required to impersonate groups, uid or extra".into());
+    };
+    let mut checks = Vec::new();
+    let mut all_groups = groups.clone();
+    match user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((ns, name)) => {
+            checks.push(ImpersonationCheck {
+                group: "",
+                resource: "serviceaccounts",
+                subresource: None,
+                namespace: Some(ns.to_string()),
+                name: name.to_string(),
+            });
+            for g in [
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{ns}"),
+            ] {
+                if !all_groups.contains(&g) {
+                    all_groups.push(g);
+                }
+            }
+        }
+        None => checks.push(ImpersonationCheck {
+            group: "",
+            resource: "users",
+            subresource: None,
+            namespace: None,
+            name: user.clone(),
+        }),
+    }
+    for g in &groups {
+        checks.push(ImpersonationCheck {
+            group: "",
+            resource: "groups",
+            subresource: None,
+            namespace: None,
+            name: g.clone(),
+        });
+    }
+    if let Some(uid) = &uid {
+        checks.push(ImpersonationCheck {
+            group: "authentication.k8s.io",
+            resource: "uids",
+            subresource: None,
+            namespace: None,
+            name: uid.clone(),
+        });
+    }
+    for (key, vals) in &extra {
+        for v in vals {
+            checks.push(ImpersonationCheck {
+                group: "authentication.k8s.io",
+                resource: "userextras",
+                subresource: Some(key.clone()),
+                namespace: None,
+                name: v.clone(),
+            });
+        }
+    }
+    // As the API server does: every impersonated non-anonymous user is authenticated.
+    if user != "system:anonymous" && !all_groups.iter().any(|g| g == "system:authenticated") {
+        all_groups.push("system:authenticated".into());
+    }
+    Ok(Some(Impersonation {
+        identity: Identity {
+            user,
+            uid,
+            groups: all_groups,
+            extra: extra.into_iter().collect(),
+        },
+        checks,
+    }))
 }
 
 /// The host's error text, with the host pod and namespace names replaced by the virtual ones so
@@ -175,6 +289,15 @@ pub fn forbidden_message(user: &str, target: &PodTarget, reason: &str) -> String
         msg.push_str(reason);
     }
     msg
+}
+
+fn review_failed(e: kube::Error) -> Response<ProxyBody> {
+    tracing::warn!(error = %e, "subject access review failed");
+    status_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "could not check permissions in the virtual cluster; retry",
+    )
 }
 
 fn pod_status(code: StatusCode, reason: &str, message: &str, name: &str) -> Response<ProxyBody> {
@@ -213,18 +336,35 @@ impl PodRouter {
         target: PodTarget,
         caller: &Identity,
     ) -> Response<ProxyBody> {
-        if is_impersonating(req.headers()) {
-            return pod_status(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                &format!(
-                    "impersonation is not supported for pods/{} through vkube; connect as the \
-                     user itself",
-                    target.subresource.segment()
-                ),
-                &target.name,
-            );
-        }
+        let impersonated = match impersonation(req.headers()) {
+            Ok(i) => i,
+            Err(msg) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &msg),
+        };
+        let caller = match impersonated {
+            None => caller.clone(),
+            Some(imp) => {
+                for check in &imp.checks {
+                    match self.may_impersonate(caller, check).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let msg = format!(
+                                "{} \"{}\" is forbidden: User \"{}\" cannot impersonate \
+                                 resource \"{}\" in API group \"{}\"",
+                                check.resource,
+                                check.name,
+                                caller.user,
+                                check.resource,
+                                check.group
+                            );
+                            return status_response(StatusCode::FORBIDDEN, "Forbidden", &msg);
+                        }
+                        Err(e) => return review_failed(e),
+                    }
+                }
+                imp.identity
+            }
+        };
+        let caller = &caller;
         match self.authorize(caller, &target).await {
             Ok(None) => {}
             Ok(Some(reason)) => {
@@ -235,14 +375,7 @@ impl PodRouter {
                     &target.name,
                 );
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "subject access review failed");
-                return status_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "could not check permissions in the virtual cluster; retry",
-                );
-            }
+            Err(e) => return review_failed(e),
         }
         let host_name = match self.host_pod(&target).await {
             Ok(name) => name,
@@ -299,22 +432,7 @@ impl PodRouter {
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
-            let host_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, host_upgrade) {
-                    Ok((client, host)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut host = TokioIo::new(host);
-                        // Each direction is shut down on its own EOF: half-close reaches the
-                        // container (stdin closed, `cat` ends) while output still flows back.
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut host).await
-                        {
-                            tracing::debug!(error = %e, "pod stream ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "pod stream upgrade failed"),
-                }
-            });
+            spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
         }
         let (mut parts, body) = resp.into_parts();
         identity::strip_hop_by_hop(
@@ -339,11 +457,46 @@ impl PodRouter {
         Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
     }
 
+    async fn may_impersonate(
+        &self,
+        caller: &Identity,
+        check: &ImpersonationCheck,
+    ) -> Result<bool, kube::Error> {
+        let attributes = ResourceAttributes {
+            namespace: check.namespace.clone(),
+            verb: Some("impersonate".into()),
+            group: Some(check.group.into()),
+            resource: Some(check.resource.into()),
+            subresource: check.subresource.clone(),
+            name: Some(check.name.clone()),
+            ..Default::default()
+        };
+        Ok(self.review(caller, attributes).await?.is_none())
+    }
+
     /// `Ok(None)` when allowed, `Ok(Some(reason))` when denied.
     async fn authorize(
         &self,
         caller: &Identity,
         target: &PodTarget,
+    ) -> Result<Option<String>, kube::Error> {
+        let attributes = ResourceAttributes {
+            namespace: Some(target.namespace.clone()),
+            verb: Some(target.subresource.verb().into()),
+            group: Some(String::new()),
+            resource: Some("pods".into()),
+            subresource: Some(target.subresource.segment().into()),
+            name: Some(target.name.clone()),
+            ..Default::default()
+        };
+        self.review(caller, attributes).await
+    }
+
+    /// A SubjectAccessReview in the virtual API: `Ok(None)` when allowed, else the reason.
+    async fn review(
+        &self,
+        caller: &Identity,
+        attributes: ResourceAttributes,
     ) -> Result<Option<String>, kube::Error> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -352,15 +505,7 @@ impl PodRouter {
                 groups: Some(caller.groups.clone()),
                 extra: (!caller.extra.is_empty())
                     .then(|| caller.extra.iter().cloned().collect::<BTreeMap<_, _>>()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(target.namespace.clone()),
-                    verb: Some(target.subresource.verb().into()),
-                    group: Some(String::new()),
-                    resource: Some("pods".into()),
-                    subresource: Some(target.subresource.segment().into()),
-                    name: Some(target.name.clone()),
-                    ..Default::default()
-                }),
+                resource_attributes: Some(attributes),
                 ..Default::default()
             },
             ..Default::default()
@@ -532,6 +677,82 @@ mod tests {
             assert!(out.contains_key(k), "{k} dropped");
         }
         assert_eq!(out["connection"], "Upgrade");
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn impersonation_lists_every_check_the_api_server_makes() {
+        assert_eq!(impersonation(&headers(&[("accept", "*/*")])), Ok(None));
+        assert!(impersonation(&headers(&[("impersonate-group", "devs")])).is_err());
+
+        let imp = impersonation(&headers(&[
+            ("impersonate-user", "jane"),
+            ("impersonate-group", "devs"),
+            ("impersonate-group", "ops"),
+            ("impersonate-uid", "u-1"),
+            ("impersonate-extra-scopes%2Fwide", "all"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(imp.identity.user, "jane");
+        assert_eq!(imp.identity.groups, ["devs", "ops", "system:authenticated"]);
+        assert_eq!(imp.identity.uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            imp.identity.extra,
+            vec![("scopes/wide".to_string(), vec!["all".to_string()])]
+        );
+        let resources: Vec<_> = imp
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    c.group,
+                    c.resource,
+                    c.subresource.as_deref(),
+                    c.name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            resources,
+            [
+                ("", "users", None, "jane"),
+                ("", "groups", None, "devs"),
+                ("", "groups", None, "ops"),
+                ("authentication.k8s.io", "uids", None, "u-1"),
+                (
+                    "authentication.k8s.io",
+                    "userextras",
+                    Some("scopes/wide"),
+                    "all"
+                ),
+            ]
+        );
+
+        let sa = impersonation(&headers(&[(
+            "impersonate-user",
+            "system:serviceaccount:dev:ci",
+        )]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(sa.checks[0].resource, "serviceaccounts");
+        assert_eq!(sa.checks[0].namespace.as_deref(), Some("dev"));
+        assert_eq!(sa.checks[0].name, "ci");
+        assert!(
+            sa.identity
+                .groups
+                .contains(&"system:serviceaccounts:dev".to_string())
+        );
     }
 
     #[test]
