@@ -536,3 +536,143 @@ spec:
     assert!(logs("apiserver").contains("Kubernetes v1."));
     assert!(logs("controller-manager").contains("Kubernetes v1."));
 }
+
+/// A tenant whose proxy the real node's pods can reach: listening on all addresses, its API
+/// Service's Endpoints at the node's bridge address (vkube runs as a process here, outside the
+/// pod network, as `--advertise-address` is for).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_serves_logs_and_exec() {
+    let test = "a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_serves_logs_and_exec";
+    let Some(node) = real_node(test) else {
+        return;
+    };
+    let node_ip = required("VKUBE_E2E_REAL_NODE_IP");
+    let t = common::Tenant::start_with("inpod", "0.0.0.0", &["--advertise-address", &node_ip]);
+    // Virtual RBAC: the pod's service account may list pods, nothing else.
+    t.kubectl_ok(&["create", "serviceaccount", "lister"]);
+    t.kubectl_ok(&[
+        "create",
+        "role",
+        "pod-lister",
+        "--verb=list",
+        "--resource=pods",
+    ]);
+    t.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "lister",
+        "--role=pod-lister",
+        "--serviceaccount=default:lister",
+    ]);
+    // busybox wget cannot be given a CA file, hence --no-check-certificate; the token is the
+    // virtual service account's, checked by the proxy with TokenReview.
+    let script = r#"
+t=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)
+api=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+echo "api $api"
+wget -q -O- --no-check-certificate --header "Authorization: Bearer $t" $api/api/v1/namespaces/default/pods && echo && echo LIST-OK
+wget -q -O- --no-check-certificate --header "Authorization: Bearer $t" $api/api/v1/namespaces/default/secrets || echo SECRETS-DENIED
+exec sleep 3600
+"#;
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: inpod, namespace: default}}
+spec:
+  serviceAccountName: lister
+  nodeSelector: {{vkube.dev/node-type: real}}
+  tolerations: [{{key: vkube.dev/real-node, operator: Exists, effect: NoSchedule}}]
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Never
+    command: [sh, -c, {script:?}]
+"#,
+        image = node.testbox,
+    );
+    let out = common::kubectl(&t.kubeconfig, &["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{out:?}");
+    t.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/inpod",
+        "--timeout=90s",
+    ]);
+
+    // kubectl logs through vkube, from the real kubelet.
+    let logs = eventually(
+        "the pod's API calls in its logs",
+        Duration::from_secs(60),
+        || {
+            let out = t.kubectl(&["logs", "inpod"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            async move { text.contains("SECRETS-DENIED").then_some(text) }
+        },
+    )
+    .await;
+    assert!(logs.contains("LIST-OK"), "{logs}\n{}", t.log_tail());
+    assert!(logs.contains("\"name\":\"inpod\""), "{logs}");
+
+    // The API Service is the one host Service the pod was pointed at.
+    let host_svc = common::kubectl_ok(
+        &node.kubeconfig,
+        &[
+            "get",
+            "service",
+            &format!("vkube-{}", t.name),
+            "-n",
+            &t.namespace,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    assert!(
+        logs.contains(&format!("api https://{host_svc}:443")),
+        "{logs}"
+    );
+
+    // exec into a real container, with stdin and its end (half-close) over both protocols.
+    for env in [
+        &[][..],
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")][..],
+    ] {
+        let mut cmd = std::process::Command::new(common::kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(&t.kubeconfig)
+            .args([
+                "exec",
+                "-i",
+                "inpod",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo eof-seen",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"hello from stdin\n").unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap()
+        })
+        .await
+        .expect("kubectl exec -i ends once stdin ends");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{env:?}: {out:?}");
+        assert_eq!(stdout, "hello from stdin\neof-seen\n", "{env:?}");
+    }
+    let out = t.kubectl(&["exec", "inpod", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+}

@@ -473,6 +473,7 @@ write_env() {
   {
     echo "VKUBE_E2E_REAL_NODE=1"
     echo "VKUBE_E2E_REAL_NODE_NAME=$NODE_NAME"
+    echo "VKUBE_E2E_REAL_NODE_IP=$NODE_IP"
     echo "VKUBE_E2E_REAL_NODE_TAINT=$TAINT_KEY"
     echo "VKUBE_E2E_TESTBOX_IMAGE=$("$HACK_DIR/images.sh" ref testbox)"
     if (( WITH_VKUBE )); then echo "VKUBE_E2E_VKUBE_IMAGE=$("$HACK_DIR/images.sh" ref vkube)"; fi

@@ -5,15 +5,22 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Namespace, Secret, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 use crate::pki::{Pki, PkiError, PkiSpec};
+pub use crate::translate::pod::ApiEndpoint;
 
 pub const FIELD_MANAGER: &str = "vkube";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_VIRTUAL_CLUSTER: &str = "vkube.dev/virtual-cluster";
 pub const KUBECONFIG_KEY: &str = "config";
+/// Port of the tenant's API Service, as the `kubernetes` Service's.
+pub const API_SERVICE_PORT: i32 = 443;
 
 pub fn certs_secret_name(tenant: &str) -> String {
     format!("vkube-{tenant}-certs")
@@ -237,6 +244,78 @@ impl HostStore {
             .await
             .map_err(|e| self.api_error(e))?;
         Ok(())
+    }
+
+    /// The host Service through which the tenant's pods reach this virtual cluster's API proxy
+    /// (their `KUBERNETES_SERVICE_HOST`). With `advertise` (vkube runs outside the host's pod
+    /// network, as in the tests: the address host pods can reach this proxy at), the Service is
+    /// created here without a selector, with Endpoints pointing at that address; otherwise it
+    /// is whatever the deployment made (the vkube manager's Service in front of the control
+    /// plane pod), if it exists. `None`: no such Service, pods then get no in-cluster API.
+    pub async fn api_service(
+        &self,
+        name: &str,
+        advertise: Option<std::net::SocketAddr>,
+    ) -> Result<Option<ApiEndpoint>, HostError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if let Some(addr) = advertise {
+            let meta = ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels(&self.tenant)),
+                ..Default::default()
+            };
+            let service = Service {
+                metadata: meta.clone(),
+                spec: Some(ServiceSpec {
+                    ports: Some(vec![ServicePort {
+                        name: Some("https".into()),
+                        port: API_SERVICE_PORT,
+                        target_port: Some(IntOrString::Int(i32::from(addr.port()))),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            services
+                .patch(name, &params, &Patch::Apply(&service))
+                .await
+                .map_err(|e| self.api_error(e))?;
+            let endpoints = Endpoints {
+                metadata: meta,
+                subsets: Some(vec![EndpointSubset {
+                    addresses: Some(vec![EndpointAddress {
+                        ip: addr.ip().to_string(),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![EndpointPort {
+                        name: Some("https".into()),
+                        port: i32::from(addr.port()),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }]),
+            };
+            let api: Api<Endpoints> = Api::namespaced(self.client.clone(), &self.namespace);
+            api.patch(name, &params, &Patch::Apply(&endpoints))
+                .await
+                .map_err(|e| self.api_error(e))?;
+        }
+        let Some(service) = services
+            .get_opt(name)
+            .await
+            .map_err(|e| self.api_error(e))?
+        else {
+            return Ok(None);
+        };
+        let spec = service.spec.unwrap_or_default();
+        let ip = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None");
+        let port = spec.ports.unwrap_or_default().first().map(|p| p.port);
+        Ok(ip.zip(port).map(|(host, port)| ApiEndpoint { host, port }))
     }
 
     pub async fn get_kubeconfig(&self) -> Result<String, HostError> {

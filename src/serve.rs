@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub service_cidr: String,
     /// Host Service that exposes the proxy (its DNS names go into the serving certificate).
     pub service_name: Option<String>,
+    /// Where host pods reach this process's proxy when it runs outside the host's pod network
+    /// (tests, `--driver process`): the API Service then gets Endpoints at this address.
+    pub advertise_address: Option<std::net::IpAddr>,
     pub extra_sans: Vec<String>,
     pub kubeconfig_out: Option<PathBuf>,
     pub kubeconfig_server: Option<String>,
@@ -104,6 +107,18 @@ pub async fn run(
     let mut extra_sans = opts.extra_sans.clone();
     if !listen_addr.ip().is_unspecified() {
         extra_sans.push(listen_addr.ip().to_string());
+    }
+    // Pods reach the virtual API at the API Service's ClusterIP: in-cluster clients verify the
+    // serving certificate against that IP.
+    let advertise = opts
+        .advertise_address
+        .map(|ip| SocketAddr::new(ip, listen_addr.port()));
+    let api_endpoint = store.api_service(&service, advertise).await?;
+    if let Some(ep) = &api_endpoint {
+        extra_sans.push(ep.host.clone());
+    }
+    if let Some(a) = advertise {
+        extra_sans.push(a.ip().to_string());
     }
     let spec = PkiSpec::new(&opts.name, &service, &namespace, &extra_sans);
     let pki = store.load_or_create_pki(&spec).await?;
@@ -242,6 +257,7 @@ pub async fn run(
             sync_all_secrets: o.sync_all_secrets,
             service_policy: o.service_policy,
             pod_security: o.pod_security,
+            api_endpoint: api_endpoint.clone(),
             ..SyncerConfig::new(Tenant {
                 name: opts.name.clone(),
                 host_namespace: namespace.clone(),

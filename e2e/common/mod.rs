@@ -134,6 +134,9 @@ pub struct Tenant {
     pub port: u16,
     pub kubeconfig: PathBuf,
     pub log: PathBuf,
+    /// The proxy listens here (the port is `port`).
+    pub listen_ip: String,
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -142,6 +145,16 @@ impl Tenant {
     /// Starts a new tenant with a fresh data directory and waits until it is ready.
     pub fn start(prefix: &str) -> Tenant {
         let mut t = Tenant::new(prefix);
+        t.spawn();
+        t.wait_ready();
+        t
+    }
+
+    /// Like `start`, listening on `listen_ip` and with extra `vkube serve` arguments.
+    pub fn start_with(prefix: &str, listen_ip: &str, extra_args: &[&str]) -> Tenant {
+        let mut t = Tenant::new(prefix);
+        t.listen_ip = listen_ip.into();
+        t.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         t.spawn();
         t.wait_ready();
         t
@@ -159,6 +172,8 @@ impl Tenant {
             port: free_port(),
             kubeconfig: tmp.path().join("kubeconfig"),
             log: tmp.path().join("serve.log"),
+            listen_ip: "127.0.0.1".into(),
+            extra_args: vec![],
             child: None,
             _tmp: Some(tmp),
         };
@@ -221,10 +236,13 @@ impl Tenant {
             "--data-dir".into(),
             self.data_dir().display().to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.port),
+            format!("{}:{}", self.listen_ip, self.port),
             "--kubeconfig-out".into(),
             self.kubeconfig.display().to_string(),
         ]
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     pub fn data_dir(&self) -> PathBuf {

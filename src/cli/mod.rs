@@ -153,6 +153,11 @@ struct ServeArgs {
     /// Host Service exposing the proxy, for the serving certificate (default: vkube-NAME).
     #[arg(long)]
     service_name: Option<String>,
+    /// Address at which the host's pods reach this proxy, when vkube runs outside the host's pod
+    /// network: the API Service (--service-name) then gets Endpoints there, and the tenant's pods
+    /// reach the virtual API through it.
+    #[arg(long, env = "VKUBE_ADVERTISE_ADDRESS")]
+    advertise_address: Option<std::net::IpAddr>,
     /// Extra DNS name or IP for the proxy's serving certificate (repeatable).
     #[arg(long = "extra-san")]
     extra_sans: Vec<String>,
@@ -307,6 +312,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         binaries,
         service_cidr: args.service_cidr,
         service_name: args.service_name,
+        advertise_address: args.advertise_address,
         extra_sans: args.extra_sans,
         kubeconfig_out: args.kubeconfig_out,
         kubeconfig_server: args.kubeconfig_server,

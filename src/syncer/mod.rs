@@ -67,6 +67,8 @@ pub struct SyncerConfig {
     pub sync_all_secrets: bool,
     pub service_policy: ServicePolicy,
     pub pod_security: Level,
+    /// Where pods reach the virtual API (see `host::HostStore::api_service`).
+    pub api_endpoint: Option<crate::translate::pod::ApiEndpoint>,
     /// How often the garbage collector sweeps even without a trigger.
     pub gc_interval: Duration,
 }
@@ -80,6 +82,7 @@ impl SyncerConfig {
             sync_all_secrets: false,
             service_policy: ServicePolicy::default(),
             pod_security: Level::Baseline,
+            api_endpoint: None,
             gc_interval: Duration::from_secs(30),
         }
     }

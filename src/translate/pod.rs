@@ -22,6 +22,53 @@ pub struct PodContext {
     /// `None` drops projected tokens.
     pub token_secret: Option<String>,
     pub security: Level,
+    /// Where pods reach the virtual API; `None` leaves the host's `KUBERNETES_*` variables.
+    pub api: Option<ApiEndpoint>,
+}
+
+/// The host Service in front of vkube's API proxy, as pods address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub host: String,
+    pub port: i32,
+}
+
+/// The variables the kubelet sets for the `kubernetes` Service (in-cluster clients read
+/// `KUBERNETES_SERVICE_HOST/PORT`), pointing at the virtual API instead of the host's. Set
+/// explicitly they win over the kubelet's; a container's own definition wins over ours.
+fn api_env(c: &mut Container, api: &ApiEndpoint) {
+    let (host, port) = (&api.host, api.port);
+    // IPv6 addresses need brackets in URLs.
+    let url_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let tcp = format!("tcp://{url_host}:{port}");
+    let prefix = format!("KUBERNETES_PORT_{port}_TCP");
+    let vars = [
+        ("KUBERNETES_SERVICE_HOST".to_string(), host.clone()),
+        ("KUBERNETES_SERVICE_PORT".to_string(), port.to_string()),
+        (
+            "KUBERNETES_SERVICE_PORT_HTTPS".to_string(),
+            port.to_string(),
+        ),
+        ("KUBERNETES_PORT".to_string(), tcp.clone()),
+        (prefix.clone(), tcp),
+        (format!("{prefix}_PROTO"), "tcp".to_string()),
+        (format!("{prefix}_PORT"), port.to_string()),
+        (format!("{prefix}_ADDR"), host.clone()),
+    ];
+    let env = c.env.get_or_insert_with(Vec::new);
+    for (name, value) in vars {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(EnvVar {
+                name,
+                value: Some(value),
+                value_from: None,
+            });
+        }
+    }
 }
 
 /// The configMaps, secrets and claims a pod refers to, by virtual name.
@@ -175,6 +222,18 @@ pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec
     }
     for c in spec.init_containers.iter_mut().flatten() {
         translate_container(c, &cm);
+    }
+    if let Some(api) = &ctx.api {
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            api_env(c, api);
+        }
+        // The host's Services in this namespace are other virtual objects under translated
+        // names: their link variables would only mislead.
+        spec.enable_service_links = Some(false);
     }
     if let Some(aff) = spec.affinity.as_mut() {
         let affinity = aff.pod_affinity.as_mut().map(|a| {
@@ -502,6 +561,7 @@ mod tests {
         let ctx = PodContext {
             token_secret: Some("web-1-x-shop-x-alice-token".into()),
             security: Level::Baseline,
+            api: None,
         };
         let host = to_host(&pod(), &tenant(), &ctx).unwrap();
         assert_eq!(host.metadata.name.as_deref(), Some("web-1-x-shop-x-alice"));
@@ -660,5 +720,61 @@ mod tests {
         p.spec.as_mut().unwrap().host_network = Some(true);
         let err = to_host(&p, &tenant(), &PodContext::default()).unwrap_err();
         assert_eq!(err[0].field, "spec.hostNetwork");
+    }
+
+    #[test]
+    fn pods_reach_the_virtual_api_not_the_hosts() {
+        let mut p = pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.init_containers = Some(vec![Container {
+            name: "init".into(),
+            ..Default::default()
+        }]);
+        // A container's own value wins, as over the kubelet's.
+        spec.containers[0]
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(EnvVar {
+                name: "KUBERNETES_SERVICE_PORT".into(),
+                value: Some("6443".into()),
+                value_from: None,
+            });
+        let ctx = PodContext {
+            api: Some(ApiEndpoint {
+                host: "10.96.7.7".into(),
+                port: 443,
+            }),
+            ..Default::default()
+        };
+        let host = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+        assert_eq!(host.enable_service_links, Some(false));
+        let value = |c: &Container, name: &str| {
+            let found: Vec<_> = c.env.iter().flatten().filter(|e| e.name == name).collect();
+            assert_eq!(found.len(), 1, "{name} set {} times", found.len());
+            found[0].value.clone().unwrap()
+        };
+        let init = &host.init_containers.unwrap()[0];
+        let main = &host.containers[0];
+        for c in [init, main] {
+            assert_eq!(value(c, "KUBERNETES_SERVICE_HOST"), "10.96.7.7");
+            assert_eq!(value(c, "KUBERNETES_PORT"), "tcp://10.96.7.7:443");
+            assert_eq!(value(c, "KUBERNETES_PORT_443_TCP_ADDR"), "10.96.7.7");
+        }
+        assert_eq!(value(init, "KUBERNETES_SERVICE_PORT"), "443");
+        assert_eq!(value(main, "KUBERNETES_SERVICE_PORT"), "6443");
+
+        // Without an API Service, pods are left as they were.
+        let plain = to_host(&pod(), &tenant(), &PodContext::default())
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(plain.enable_service_links, None);
+        assert!(
+            plain.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| !e.name.starts_with("KUBERNETES_"))
+        );
     }
 }
