@@ -541,8 +541,9 @@ spec:
 /// Service's Endpoints at the node's bridge address (vkube runs as a process here, outside the
 /// pod network, as `--advertise-address` is for).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_serves_logs_and_exec() {
-    let test = "a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_serves_logs_and_exec";
+async fn a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_dns_and_serves_logs_and_exec() {
+    let test =
+        "a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_dns_and_serves_logs_and_exec";
     let Some(node) = real_node(test) else {
         return;
     };
@@ -566,14 +567,52 @@ async fn a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_serves_logs_and
     ]);
     // busybox wget cannot be given a CA file, hence --no-check-certificate; the token is the
     // virtual service account's, checked by the proxy with TokenReview.
+    // And vkube's cluster DNS: the virtual Service `web` by its short name (search path of the
+    // pod's virtual namespace) and by its full name, answered with the IP that routes.
     let script = r#"
 t=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)
 api=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
 echo "api $api"
 wget -q -O- --no-check-certificate --header "Authorization: Bearer $t" $api/api/v1/namespaces/default/pods && echo && echo LIST-OK
 wget -q -O- --no-check-certificate --header "Authorization: Bearer $t" $api/api/v1/namespaces/default/secrets || echo SECRETS-DENIED
+for i in $(seq 1 60); do
+  if out=$(wget -q -T 2 -O- http://web/); then echo "WEB-SHORT $out"; break; fi
+  sleep 1
+done
+nslookup web.default.svc.cluster.local | sed 's/^/NSLOOKUP /'
+wget -q -T 2 -O- http://web.default.svc.cluster.local/ | sed 's/^/WEB-FULL /'
+echo DNS-DONE
 exec sleep 3600
 "#;
+    let web = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {vkube.dev/node-type: real}
+      tolerations: [{key: vkube.dev/real-node, operator: Exists, effect: NoSchedule}]
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: http
+        image: IMAGE
+        imagePullPolicy: Never
+        command: [sh, -c, 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www']
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#
+    .replace("IMAGE", &node.testbox);
+    let out = common::kubectl(&t.kubeconfig, &["apply", "-f", "-"], Some(&web));
+    assert!(out.status.success(), "{out:?}");
     let yaml = format!(
         r#"
 apiVersion: v1
@@ -603,15 +642,39 @@ spec:
 
     // kubectl logs through vkube, from the real kubelet.
     let logs = eventually(
-        "the pod's API calls in its logs",
-        Duration::from_secs(60),
+        "the pod's API and DNS calls in its logs",
+        Duration::from_secs(120),
         || {
             let out = t.kubectl(&["logs", "inpod"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            async move { text.contains("SECRETS-DENIED").then_some(text) }
+            async move { text.contains("DNS-DONE").then_some(text) }
         },
     )
     .await;
+    assert!(logs.contains("SECRETS-DENIED"), "{logs}");
+    assert!(
+        logs.contains("WEB-SHORT hello from web-"),
+        "{logs}\n{}",
+        t.log_tail()
+    );
+    assert!(logs.contains("WEB-FULL hello from web-"), "{logs}");
+    let web_ip = common::kubectl_ok(
+        &node.kubeconfig,
+        &[
+            "get",
+            "service",
+            &format!("web-x-default-x-{}", t.name),
+            "-n",
+            &t.namespace,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("NSLOOKUP") && l.contains(&web_ip)),
+        "nslookup did not answer the host ClusterIP {web_ip}: {logs}"
+    );
     assert!(logs.contains("LIST-OK"), "{logs}\n{}", t.log_tail());
     assert!(logs.contains("\"name\":\"inpod\""), "{logs}");
 

@@ -21,6 +21,24 @@ pub const LABEL_VIRTUAL_CLUSTER: &str = "vkube.dev/virtual-cluster";
 pub const KUBECONFIG_KEY: &str = "config";
 /// Port of the tenant's API Service, as the `kubernetes` Service's.
 pub const API_SERVICE_PORT: i32 = 443;
+/// The same Service's DNS port (UDP), as the `kube-dns` Service's.
+pub const DNS_SERVICE_PORT: i32 = 53;
+
+/// Where this process serves, for the API Service's Endpoints (`--advertise-address`).
+#[derive(Debug, Clone, Copy)]
+pub struct Advertised {
+    pub ip: std::net::IpAddr,
+    pub https_port: u16,
+    pub dns_port: Option<u16>,
+}
+
+/// The host Service in front of the proxy, as found.
+#[derive(Debug, Clone)]
+pub struct ApiService {
+    pub endpoint: ApiEndpoint,
+    /// The port vkube's DNS must listen on, when the Service has a DNS port (UDP 53).
+    pub dns_target_port: Option<u16>,
+}
 
 pub fn certs_secret_name(tenant: &str) -> String {
     format!("vkube-{tenant}-certs")
@@ -255,11 +273,11 @@ impl HostStore {
     pub async fn api_service(
         &self,
         name: &str,
-        advertise: Option<std::net::SocketAddr>,
-    ) -> Result<Option<ApiEndpoint>, HostError> {
+        advertise: Option<Advertised>,
+    ) -> Result<Option<ApiService>, HostError> {
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        if let Some(addr) = advertise {
+        if let Some(adv) = advertise {
             let meta = ObjectMeta {
                 name: Some(name.to_string()),
                 namespace: Some(self.namespace.clone()),
@@ -269,13 +287,23 @@ impl HostStore {
             let service = Service {
                 metadata: meta.clone(),
                 spec: Some(ServiceSpec {
-                    ports: Some(vec![ServicePort {
-                        name: Some("https".into()),
-                        port: API_SERVICE_PORT,
-                        target_port: Some(IntOrString::Int(i32::from(addr.port()))),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
+                    ports: Some(
+                        std::iter::once(ServicePort {
+                            name: Some("https".into()),
+                            port: API_SERVICE_PORT,
+                            target_port: Some(IntOrString::Int(i32::from(adv.https_port))),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .chain(adv.dns_port.map(|p| ServicePort {
+                            name: Some("dns".into()),
+                            port: DNS_SERVICE_PORT,
+                            target_port: Some(IntOrString::Int(i32::from(p))),
+                            protocol: Some("UDP".into()),
+                            ..Default::default()
+                        }))
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -288,15 +316,24 @@ impl HostStore {
                 metadata: meta,
                 subsets: Some(vec![EndpointSubset {
                     addresses: Some(vec![EndpointAddress {
-                        ip: addr.ip().to_string(),
+                        ip: adv.ip.to_string(),
                         ..Default::default()
                     }]),
-                    ports: Some(vec![EndpointPort {
-                        name: Some("https".into()),
-                        port: i32::from(addr.port()),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
+                    ports: Some(
+                        std::iter::once(EndpointPort {
+                            name: Some("https".into()),
+                            port: i32::from(adv.https_port),
+                            protocol: Some("TCP".into()),
+                            ..Default::default()
+                        })
+                        .chain(adv.dns_port.map(|p| EndpointPort {
+                            name: Some("dns".into()),
+                            port: i32::from(p),
+                            protocol: Some("UDP".into()),
+                            ..Default::default()
+                        }))
+                        .collect(),
+                    ),
                     ..Default::default()
                 }]),
             };
@@ -313,9 +350,31 @@ impl HostStore {
             return Ok(None);
         };
         let spec = service.spec.unwrap_or_default();
-        let ip = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None");
-        let port = spec.ports.unwrap_or_default().first().map(|p| p.port);
-        Ok(ip.zip(port).map(|(host, port)| ApiEndpoint { host, port }))
+        let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+            return Ok(None);
+        };
+        let ports = spec.ports.unwrap_or_default();
+        let Some(https) = ports
+            .iter()
+            .find(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        else {
+            return Ok(None);
+        };
+        let dns_target_port = ports
+            .iter()
+            .find(|p| p.protocol.as_deref() == Some("UDP") && p.port == DNS_SERVICE_PORT)
+            .and_then(|p| match &p.target_port {
+                Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+                None => Some(DNS_SERVICE_PORT as u16),
+                Some(IntOrString::String(_)) => None,
+            });
+        Ok(Some(ApiService {
+            endpoint: ApiEndpoint {
+                host: ip,
+                port: https.port,
+            },
+            dns_target_port,
+        }))
     }
 
     pub async fn get_kubeconfig(&self) -> Result<String, HostError> {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod controlplane;
+pub mod dns;
 pub mod host;
 pub mod kubeconfig;
 pub mod names;

@@ -39,6 +39,8 @@ pub enum ServeError {
     Kubeconfig(#[from] KubeconfigError),
     #[error(transparent)]
     Sync(#[from] SyncError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::server::DnsError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -62,6 +64,12 @@ pub struct ServeOptions {
     /// Where host pods reach this process's proxy when it runs outside the host's pod network
     /// (tests, `--driver process`): the API Service then gets Endpoints at this address.
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Where vkube's cluster DNS listens (default: the proxy's IP, at the port the API Service
+    /// names, or any free port with `advertise_address`).
+    pub dns_listen: Option<SocketAddr>,
+    pub cluster_domain: String,
+    /// Resolver for names outside the cluster domain (default: /etc/resolv.conf's first).
+    pub upstream_dns: Option<SocketAddr>,
     pub extra_sans: Vec<String>,
     pub kubeconfig_out: Option<PathBuf>,
     pub kubeconfig_server: Option<String>,
@@ -108,18 +116,48 @@ pub async fn run(
     if !listen_addr.ip().is_unspecified() {
         extra_sans.push(listen_addr.ip().to_string());
     }
-    // Pods reach the virtual API at the API Service's ClusterIP: in-cluster clients verify the
-    // serving certificate against that IP.
-    let advertise = opts
-        .advertise_address
-        .map(|ip| SocketAddr::new(ip, listen_addr.port()));
-    let api_endpoint = store.api_service(&service, advertise).await?;
+    // Pods reach the virtual API (and vkube's DNS) at the API Service's ClusterIP: in-cluster
+    // clients verify the serving certificate against that IP. With --advertise-address the
+    // Service is ours to make, so the DNS socket is bound first (its port goes into it);
+    // otherwise the Service says which port DNS must listen on.
+    let dns_at = |port: u16| {
+        opts.dns_listen
+            .unwrap_or_else(|| SocketAddr::new(listen_addr.ip(), port))
+    };
+    let mut dns_socket = None;
+    let advertised = match opts.advertise_address {
+        Some(ip) => {
+            let socket = bind_dns(dns_at(0))?;
+            let dns_port = socket.local_addr().map(|a| a.port()).ok();
+            dns_socket = Some(socket);
+            Some(crate::host::Advertised {
+                ip,
+                https_port: listen_addr.port(),
+                dns_port,
+            })
+        }
+        None => None,
+    };
+    let api_service = store.api_service(&service, advertised).await?;
+    if dns_socket.is_none()
+        && let Some(port) = api_service.as_ref().and_then(|s| s.dns_target_port)
+    {
+        dns_socket = Some(bind_dns(dns_at(port))?);
+    }
+    let api_endpoint = api_service.map(|s| s.endpoint);
     if let Some(ep) = &api_endpoint {
         extra_sans.push(ep.host.clone());
     }
-    if let Some(a) = advertise {
-        extra_sans.push(a.ip().to_string());
+    if let Some(a) = &advertised {
+        extra_sans.push(a.ip.to_string());
     }
+    let cluster_dns = match (&api_endpoint, &dns_socket) {
+        (Some(ep), Some(_)) => Some(crate::translate::pod::ClusterDns {
+            nameserver: ep.host.clone(),
+            domain: opts.cluster_domain.clone(),
+        }),
+        _ => None,
+    };
     let spec = PkiSpec::new(&opts.name, &service, &namespace, &extra_sans);
     let pki = store.load_or_create_pki(&spec).await?;
 
@@ -258,6 +296,7 @@ pub async fn run(
             service_policy: o.service_policy,
             pod_security: o.pod_security,
             api_endpoint: api_endpoint.clone(),
+            cluster_dns: cluster_dns.clone(),
             ..SyncerConfig::new(Tenant {
                 name: opts.name.clone(),
                 host_namespace: namespace.clone(),
@@ -268,6 +307,44 @@ pub async fn run(
             let _ = syncer_stopped.await;
         }))
     });
+    let dns_task = match dns_socket {
+        Some(socket) => {
+            let tenant = Tenant {
+                name: opts.name.clone(),
+                host_namespace: namespace.clone(),
+            };
+            let (catalog, drivers) =
+                crate::dns::catalog::StoreCatalog::new(virt_client.clone(), host.clone(), tenant);
+            let upstream = opts.upstream_dns.or_else(|| {
+                std::fs::read_to_string("/etc/resolv.conf")
+                    .ok()
+                    .and_then(|t| crate::dns::server::upstream_from_resolv_conf(&t))
+            });
+            match crate::dns::server::DnsServer::from_std(
+                socket,
+                std::sync::Arc::new(catalog),
+                &opts.cluster_domain,
+                upstream,
+            ) {
+                Ok(server) => {
+                    tracing::info!(listen = ?server.local_addr().ok(), ?upstream, "cluster DNS serving");
+                    let stop = stop_tx.subscribe();
+                    Some(tokio::spawn(async move {
+                        let watches = futures::future::join_all(drivers);
+                        tokio::select! {
+                            _ = watches => {}
+                            _ = server.serve(stop) => {}
+                        }
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster DNS not started");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let pids = control_plane.pids();
     tracing::info!(
         vcluster = %opts.name,
@@ -290,6 +367,9 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
+    if let Some(task) = dns_task {
+        let _ = task.await;
+    }
     control_plane.stop().await;
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
@@ -365,6 +445,10 @@ async fn publish_kubeconfig(
     }
     store.put_kubeconfig(&yaml).await?;
     Ok(())
+}
+
+fn bind_dns(addr: SocketAddr) -> Result<std::net::UdpSocket, ServeError> {
+    Ok(crate::dns::server::bind_std(addr)?)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {

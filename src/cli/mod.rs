@@ -158,6 +158,17 @@ struct ServeArgs {
     /// reach the virtual API through it.
     #[arg(long, env = "VKUBE_ADVERTISE_ADDRESS")]
     advertise_address: Option<std::net::IpAddr>,
+    /// Where the tenant's cluster DNS listens (default: the --listen IP, at the port the API
+    /// Service's DNS port targets, or a free port with --advertise-address).
+    #[arg(long, env = "VKUBE_DNS_LISTEN")]
+    dns_listen: Option<SocketAddr>,
+    /// The virtual cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Resolver for names outside the cluster domain (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long)]
+    upstream_dns: Option<SocketAddr>,
     /// Extra DNS name or IP for the proxy's serving certificate (repeatable).
     #[arg(long = "extra-san")]
     extra_sans: Vec<String>,
@@ -313,6 +324,9 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         service_name: args.service_name,
         advertise_address: args.advertise_address,
+        dns_listen: args.dns_listen,
+        cluster_domain: args.cluster_domain,
+        upstream_dns: args.upstream_dns,
         extra_sans: args.extra_sans,
         kubeconfig_out: args.kubeconfig_out,
         kubeconfig_server: args.kubeconfig_server,

@@ -69,6 +69,8 @@ pub struct SyncerConfig {
     pub pod_security: Level,
     /// Where pods reach the virtual API (see `host::HostStore::api_service`).
     pub api_endpoint: Option<crate::translate::pod::ApiEndpoint>,
+    /// vkube's DNS for the tenant's pods (see `dns`).
+    pub cluster_dns: Option<crate::translate::pod::ClusterDns>,
     /// How often the garbage collector sweeps even without a trigger.
     pub gc_interval: Duration,
 }
@@ -83,6 +85,7 @@ impl SyncerConfig {
             service_policy: ServicePolicy::default(),
             pod_security: Level::Baseline,
             api_endpoint: None,
+            cluster_dns: None,
             gc_interval: Duration::from_secs(30),
         }
     }
@@ -202,7 +205,7 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
-type Driver = BoxFuture<'static, ()>;
+pub(crate) type Driver = BoxFuture<'static, ()>;
 
 /// What a watched, cached and reconciled Kubernetes kind must be.
 pub trait Watched:
@@ -229,7 +232,7 @@ impl<K> Watched for K where
 
 /// Called with every event a watch delivers, after the store has applied it. Hooks turn events
 /// into triggers; they are plain channel sends, so a slow controller never stalls a watch.
-type Hook<K> = Box<dyn Fn(&watcher::Event<K>) + Send + Sync>;
+pub(crate) type Hook<K> = Box<dyn Fn(&watcher::Event<K>) + Send + Sync>;
 
 /// Objects a watch reported as new or changed (including the initial list).
 fn applied<K>(ev: &watcher::Event<K>) -> Option<&K> {
@@ -304,7 +307,7 @@ where
 
 /// A reflector store, the future that drives its watch, and a readiness flag set once the
 /// first complete list is in the store.
-fn watched_store<K>(
+pub(crate) fn watched_store<K>(
     api: Api<K>,
     wc: watcher::Config,
     hooks: Vec<Hook<K>>,

@@ -184,6 +184,7 @@ fn pod_context(ctx: &Context, vpod: &Pod) -> PodContext {
         token_secret: translate::wants_token(vpod).map(|_| tokens::secret_name(&host_name)),
         security: ctx.config.pod_security,
         api: ctx.config.api_endpoint.clone(),
+        dns: ctx.config.cluster_dns.clone(),
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, ObjectFieldSelector, Pod, PodAffinityTerm, PodSpec,
-    ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
+    Container, EnvFromSource, EnvVar, ObjectFieldSelector, Pod, PodAffinityTerm, PodDNSConfig,
+    PodDNSConfigOption, PodSpec, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
@@ -24,6 +24,61 @@ pub struct PodContext {
     pub security: Level,
     /// Where pods reach the virtual API; `None` leaves the host's `KUBERNETES_*` variables.
     pub api: Option<ApiEndpoint>,
+    /// The tenant's cluster DNS; `None` leaves pods on the host's.
+    pub dns: Option<ClusterDns>,
+}
+
+/// vkube's DNS server as pods address it, and the cluster domain it answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    pub nameserver: String,
+    pub domain: String,
+}
+
+/// Pods that would use the cluster's DNS (`ClusterFirst`, the default) get vkube's instead,
+/// with the search path of their virtual namespace; the tenant's own `dnsConfig` is kept after
+/// ours. `Default` (the node's resolver) and `None` (the tenant's own config) stay as they are.
+fn cluster_dns(spec: &mut PodSpec, namespace: &str, dns: &ClusterDns) {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    if !matches!(policy, "ClusterFirst" | "ClusterFirstWithHostNet") {
+        return;
+    }
+    let own = spec.dns_config.take().unwrap_or_default();
+    let domain = &dns.domain;
+    let mut nameservers = vec![dns.nameserver.clone()];
+    let mut searches = vec![
+        format!("{namespace}.svc.{domain}"),
+        format!("svc.{domain}"),
+        domain.clone(),
+    ];
+    for (list, extra) in [
+        (&mut nameservers, own.nameservers),
+        (&mut searches, own.searches),
+    ] {
+        for item in extra.unwrap_or_default() {
+            if !list.contains(&item) {
+                list.push(item);
+            }
+        }
+    }
+    // The kubelet refuses more than three nameservers.
+    nameservers.truncate(3);
+    let mut options = own.options.unwrap_or_default();
+    if !options.iter().any(|o| o.name.as_deref() == Some("ndots")) {
+        options.insert(
+            0,
+            PodDNSConfigOption {
+                name: Some("ndots".into()),
+                value: Some("5".into()),
+            },
+        );
+    }
+    spec.dns_policy = Some("None".into());
+    spec.dns_config = Some(PodDNSConfig {
+        nameservers: Some(nameservers),
+        searches: Some(searches),
+        options: Some(options),
+    });
 }
 
 /// The host Service in front of vkube's API proxy, as pods address it.
@@ -234,6 +289,9 @@ pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec
         // The host's Services in this namespace are other virtual objects under translated
         // names: their link variables would only mislead.
         spec.enable_service_links = Some(false);
+    }
+    if let Some(dns) = &ctx.dns {
+        cluster_dns(&mut spec, &namespace, dns);
     }
     if let Some(aff) = spec.affinity.as_mut() {
         let affinity = aff.pod_affinity.as_mut().map(|a| {
@@ -562,6 +620,7 @@ mod tests {
             token_secret: Some("web-1-x-shop-x-alice-token".into()),
             security: Level::Baseline,
             api: None,
+            dns: None,
         };
         let host = to_host(&pod(), &tenant(), &ctx).unwrap();
         assert_eq!(host.metadata.name.as_deref(), Some("web-1-x-shop-x-alice"));
@@ -776,5 +835,61 @@ mod tests {
                 .flatten()
                 .all(|e| !e.name.starts_with("KUBERNETES_"))
         );
+    }
+
+    #[test]
+    fn cluster_first_pods_use_the_tenants_dns_with_their_namespace_first() {
+        let dns = ClusterDns {
+            nameserver: "10.96.7.7".into(),
+            domain: "cluster.local".into(),
+        };
+        let ctx = PodContext {
+            dns: Some(dns),
+            ..Default::default()
+        };
+        let mut p = pod();
+        p.spec.as_mut().unwrap().dns_config = Some(PodDNSConfig {
+            nameservers: Some(vec!["1.1.1.1".into()]),
+            searches: Some(vec!["corp.example".into()]),
+            options: Some(vec![PodDNSConfigOption {
+                name: Some("timeout".into()),
+                value: Some("2".into()),
+            }]),
+        });
+        let spec = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+        assert_eq!(spec.dns_policy.as_deref(), Some("None"));
+        let config = spec.dns_config.unwrap();
+        assert_eq!(
+            config.nameservers.unwrap(),
+            ["10.96.7.7".to_string(), "1.1.1.1".to_string()]
+        );
+        assert_eq!(
+            config.searches.unwrap(),
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ]
+        );
+        let options: Vec<_> = config
+            .options
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.name.unwrap(), o.value.unwrap()))
+            .collect();
+        assert_eq!(
+            options,
+            [("ndots".into(), "5".into()), ("timeout".into(), "2".into())]
+        );
+
+        // The node's resolver, or the tenant's own config, stay.
+        for policy in ["Default", "None"] {
+            let mut p = pod();
+            p.spec.as_mut().unwrap().dns_policy = Some(policy.into());
+            let spec = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+            assert_eq!(spec.dns_policy.as_deref(), Some(policy));
+            assert_eq!(spec.dns_config, None);
+        }
     }
 }
