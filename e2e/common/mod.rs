@@ -134,6 +134,8 @@ pub struct Tenant {
     pub port: u16,
     pub kubeconfig: PathBuf,
     pub log: PathBuf,
+    /// Appended to the `vkube serve` arguments (policy flags).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -159,6 +161,7 @@ impl Tenant {
             port: free_port(),
             kubeconfig: tmp.path().join("kubeconfig"),
             log: tmp.path().join("serve.log"),
+            extra_args: Vec::new(),
             child: None,
             _tmp: Some(tmp),
         };
@@ -225,6 +228,9 @@ impl Tenant {
             "--kubeconfig-out".into(),
             self.kubeconfig.display().to_string(),
         ]
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     pub fn data_dir(&self) -> PathBuf {
