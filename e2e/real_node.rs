@@ -580,6 +580,7 @@ for i in $(seq 1 60); do
   sleep 1
 done
 nslookup web.default.svc.cluster.local | sed 's/^/NSLOOKUP /'
+wget -q -O- --no-check-certificate --header "Authorization: Bearer $t" https://kubernetes.default.svc/api/v1/namespaces/default/pods >/dev/null && echo KUBERNETES-DNS-OK
 wget -q -T 2 -O- http://web.default.svc.cluster.local/ | sed 's/^/WEB-FULL /'
 echo DNS-DONE
 exec sleep 3600
@@ -695,6 +696,24 @@ spec:
         logs.contains(&format!("api https://{host_svc}:443")),
         "{logs}"
     );
+    assert!(logs.contains("KUBERNETES-DNS-OK"), "{logs}");
+    // The virtual `kubernetes` Service shows that same address.
+    eventually(
+        "the virtual kubernetes Service shows the API Service's IP",
+        Duration::from_secs(30),
+        || {
+            let ip = t.kubectl_ok(&[
+                "get",
+                "service",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ]);
+            let want = host_svc.clone();
+            async move { (ip == want).then_some(()) }
+        },
+    )
+    .await;
 
     // exec into a real container, with stdin and its end (half-close) over both protocols.
     for env in [

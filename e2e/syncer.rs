@@ -13,9 +13,9 @@ use kube::{Client, ResourceExt};
 
 use crate::common::{self, Tenant, eventually};
 
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
-fn deployment(ns: &str, name: &str, replicas: u32, image: &str) -> String {
+pub(crate) fn deployment(ns: &str, name: &str, replicas: u32, image: &str) -> String {
     format!(
         r#"
 apiVersion: apps/v1
@@ -32,7 +32,7 @@ spec:
     )
 }
 
-fn apply(t: &Tenant, yaml: &str) {
+pub(crate) fn apply(t: &Tenant, yaml: &str) {
     let out = common::kubectl(&t.kubeconfig, &["apply", "-f", "-"], Some(yaml));
     assert!(
         out.status.success(),
@@ -42,7 +42,7 @@ fn apply(t: &Tenant, yaml: &str) {
 }
 
 /// Host pods of tenant `t` that came from virtual namespace `ns`.
-async fn host_pods(host: &Client, t: &Tenant, ns: &str) -> Vec<Pod> {
+pub(crate) async fn host_pods(host: &Client, t: &Tenant, ns: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(host.clone(), &t.namespace)
         .list(&ListParams::default().labels(&format!(
             "vkube.dev/managed-by={},vkube.dev/namespace={ns}",
@@ -65,7 +65,7 @@ fn running_ready(p: &Pod) -> bool {
 /// Waits until `n` pods of `ns` run on both sides and the virtual side tells the host's truth:
 /// each virtual pod is Running, and Ready exactly when its host pod is (a loaded host may mark
 /// pods not ready; the virtual status must follow, not hide it).
-async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: usize) {
+pub(crate) async fn wait_replicas(host: &Client, t: &Tenant, virt: &Client, ns: &str, n: usize) {
     wait_replicas_within(host, t, virt, ns, n, LONG).await
 }
 
@@ -119,7 +119,7 @@ async fn events_for(virt: &Client, ns: &str, name: &str) -> Vec<Event> {
         .unwrap_or_default()
 }
 
-async fn wait_event(virt: &Client, ns: &str, name: &str, reason: &str) -> Event {
+pub(crate) async fn wait_event(virt: &Client, ns: &str, name: &str, reason: &str) -> Event {
     eventually(&format!("event {reason} on {ns}/{name}"), LONG, || async {
         events_for(virt, ns, name)
             .await

@@ -18,6 +18,8 @@ use crate::proxy::{Proxy, ProxyConfig, ProxyError, auth::TokenAuthenticator};
 use crate::syncer::{self, SyncError, SyncerConfig};
 use crate::tls::{self, TlsError};
 use crate::translate::Tenant;
+use crate::translate::endpoints::EndpointPolicy;
+use crate::translate::ingress::IngressPolicy;
 use crate::translate::security::Level;
 use crate::translate::service::ServicePolicy;
 
@@ -85,6 +87,8 @@ pub struct SyncerOptions {
     pub sync_all_config_maps: bool,
     pub sync_all_secrets: bool,
     pub service_policy: ServicePolicy,
+    pub endpoint_policy: EndpointPolicy,
+    pub ingress_policy: IngressPolicy,
     pub pod_security: Level,
 }
 
@@ -294,6 +298,13 @@ pub async fn run(
             sync_all_config_maps: o.sync_all_config_maps,
             sync_all_secrets: o.sync_all_secrets,
             service_policy: o.service_policy,
+            virtual_service_ranges: opts
+                .service_cidr
+                .split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect(),
+            endpoint_policy: o.endpoint_policy,
+            ingress_policy: o.ingress_policy,
             pod_security: o.pod_security,
             api_endpoint: api_endpoint.clone(),
             cluster_dns: cluster_dns.clone(),
@@ -313,8 +324,12 @@ pub async fn run(
                 name: opts.name.clone(),
                 host_namespace: namespace.clone(),
             };
-            let (catalog, drivers) =
-                crate::dns::catalog::StoreCatalog::new(virt_client.clone(), host.clone(), tenant);
+            let (catalog, drivers) = crate::dns::catalog::StoreCatalog::new(
+                virt_client.clone(),
+                host.clone(),
+                tenant,
+                api_endpoint.as_ref().and_then(|ep| ep.host.parse().ok()),
+            );
             let upstream = opts.upstream_dns.or_else(|| {
                 std::fs::read_to_string("/etc/resolv.conf")
                     .ok()

@@ -136,6 +136,7 @@ pub struct Tenant {
     pub log: PathBuf,
     /// The proxy listens here (the port is `port`).
     pub listen_ip: String,
+    /// Appended to the `vkube serve` arguments (policy and network flags).
     pub extra_args: Vec<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,

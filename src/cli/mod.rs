@@ -199,6 +199,16 @@ struct ServeArgs {
     /// Let tenants create LoadBalancer Services on the host (default: downgraded to ClusterIP).
     #[arg(long)]
     allow_load_balancer: bool,
+    /// Private range outside the cluster networks that hand-written Endpoints may lead to
+    /// (repeatable; by default only public addresses and the tenant's own pods are allowed).
+    #[arg(long = "endpoint-allow-cidr")]
+    endpoint_allow_cidrs: Vec<vkube::translate::endpoints::Cidr>,
+    /// Ingress class tenants may use (repeatable; default: any).
+    #[arg(long = "ingress-class")]
+    ingress_classes: Vec<String>,
+    /// Ingress class given to tenant Ingresses that name none (default: the host's default).
+    #[arg(long)]
+    default_ingress_class: Option<String>,
     /// Pod Security level enforced before a pod reaches the host: baseline or restricted.
     #[arg(long, default_value = "baseline")]
     pod_security: vkube::translate::security::Level,
@@ -338,6 +348,13 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             service_policy: vkube::translate::service::ServicePolicy {
                 allow_node_port: args.allow_node_port,
                 allow_load_balancer: args.allow_load_balancer,
+            },
+            endpoint_policy: vkube::translate::endpoints::EndpointPolicy {
+                allowed: args.endpoint_allow_cidrs,
+            },
+            ingress_policy: vkube::translate::ingress::IngressPolicy {
+                allowed_classes: args.ingress_classes,
+                default_class: args.default_ingress_class,
             },
             pod_security: args.pod_security,
         }),

@@ -16,6 +16,8 @@ use crate::translate::{MANAGED_BY, Tenant};
 const MAX_ADDRESSES: usize = 24;
 
 pub struct StoreCatalog {
+    /// `kubernetes.default.svc`: the API Service in front of vkube's proxy.
+    api: Option<IpAddr>,
     virt_services: Store<Service>,
     virt_endpoints: Store<Endpoints>,
     host_services: Store<Service>,
@@ -24,7 +26,12 @@ pub struct StoreCatalog {
 
 impl StoreCatalog {
     /// The catalog and the futures that keep its watches running.
-    pub fn new(virt: kube::Client, host: kube::Client, tenant: Tenant) -> (Self, Vec<Driver>) {
+    pub fn new(
+        virt: kube::Client,
+        host: kube::Client,
+        tenant: Tenant,
+        api: Option<IpAddr>,
+    ) -> (Self, Vec<Driver>) {
         let (virt_services, _, a) =
             watched_store(Api::all(virt.clone()), watcher::Config::default(), vec![]);
         let (virt_endpoints, _, b) =
@@ -36,6 +43,7 @@ impl StoreCatalog {
             vec![],
         );
         let catalog = StoreCatalog {
+            api,
             virt_services,
             virt_endpoints,
             host_services,
@@ -69,6 +77,9 @@ fn parse_ips(ips: Option<&Vec<String>>, single: Option<&String>) -> Vec<IpAddr> 
 
 impl Catalog for StoreCatalog {
     fn service(&self, namespace: &str, name: &str) -> Option<ServiceRecord> {
+        if (namespace, name) == ("default", "kubernetes") {
+            return self.api.map(|ip| ServiceRecord::ClusterIps(vec![ip]));
+        }
         let vsvc = self
             .virt_services
             .get(&ObjectRef::new(name).within(namespace))?;

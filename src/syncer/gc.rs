@@ -8,11 +8,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, nodes, pods, pvcs, referenced, services};
+use super::{
+    Context, endpoints, endpointslices, ingresses, nodes, pods, pvcs, referenced, services,
+};
 use crate::translate;
 
 pub async fn run(ctx: Arc<Context>) {
@@ -31,7 +37,7 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-async fn delete<K>(api: &Api<K>, obj: &K, what: &str)
+pub async fn delete<K>(api: &Api<K>, obj: &K, what: &str)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -64,6 +70,14 @@ pub async fn sweep(ctx: &Context) {
         referenced_cms.extend(refs.config_maps.into_iter().map(|n| (ns.clone(), n)));
         referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
     }
+    for i in ctx.stores.virtual_ingresses.state() {
+        let ns = i.namespace().unwrap_or_default();
+        referenced_secrets.extend(
+            translate::ingress::tls_secrets(&i)
+                .into_iter()
+                .map(|n| (ns.clone(), n)),
+        );
+    }
     let host_cms: Api<ConfigMap> = ctx.host_api();
     for cm in referenced::orphans::<ConfigMap>(ctx, &referenced_cms) {
         delete(&host_cms, cm.as_ref(), "configmap").await;
@@ -75,6 +89,18 @@ pub async fn sweep(ctx: &Context) {
     let host_services: Api<Service> = ctx.host_api();
     for s in services::orphans(ctx) {
         delete(&host_services, s.as_ref(), "service").await;
+    }
+    let host_endpoints: Api<Endpoints> = ctx.host_api();
+    for e in endpoints::orphans(ctx) {
+        delete(&host_endpoints, e.as_ref(), "endpoints").await;
+    }
+    let host_slices: Api<EndpointSlice> = ctx.host_api();
+    for e in endpointslices::orphans(ctx) {
+        delete(&host_slices, e.as_ref(), "endpointslice").await;
+    }
+    let host_ingresses: Api<Ingress> = ctx.host_api();
+    for i in ingresses::orphans(ctx) {
+        delete(&host_ingresses, i.as_ref(), "ingress").await;
     }
     let host_claims: Api<PersistentVolumeClaim> = ctx.host_api();
     for c in pvcs::orphans(ctx) {

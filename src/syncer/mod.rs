@@ -9,8 +9,11 @@
 
 pub mod apply;
 pub mod configmaps;
+pub mod endpoints;
+pub mod endpointslices;
 pub mod events;
 pub mod gc;
+pub mod ingresses;
 pub mod nodes;
 pub mod pods;
 pub mod pvcs;
@@ -19,12 +22,17 @@ pub mod secrets;
 pub mod services;
 pub mod tokens;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -33,6 +41,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
 
+use crate::translate::endpoints::{Cidr, EndpointPolicy};
+use crate::translate::ingress::IngressPolicy;
 use crate::translate::security::Level;
 use crate::translate::service::ServicePolicy;
 use crate::translate::{MANAGED_BY, Tenant};
@@ -66,6 +76,12 @@ pub struct SyncerConfig {
     pub sync_all_config_maps: bool,
     pub sync_all_secrets: bool,
     pub service_policy: ServicePolicy,
+    /// The virtual apiserver's service IP ranges; virtual Services show the host's cluster IPs
+    /// only when these contain them. Empty: not known, assumed to.
+    pub virtual_service_ranges: Vec<Cidr>,
+    /// Private ranges tenants may point hand-written endpoints at.
+    pub endpoint_policy: EndpointPolicy,
+    pub ingress_policy: IngressPolicy,
     pub pod_security: Level,
     /// Where pods reach the virtual API (see `host::HostStore::api_service`).
     pub api_endpoint: Option<crate::translate::pod::ApiEndpoint>,
@@ -83,6 +99,9 @@ impl SyncerConfig {
             sync_all_config_maps: false,
             sync_all_secrets: false,
             service_policy: ServicePolicy::default(),
+            virtual_service_ranges: Vec::new(),
+            endpoint_policy: EndpointPolicy::default(),
+            ingress_policy: IngressPolicy::default(),
             pod_security: Level::Baseline,
             api_endpoint: None,
             cluster_dns: None,
@@ -105,6 +124,12 @@ pub struct Stores {
     pub virtual_nodes: Store<Node>,
     pub virtual_claims: Store<PersistentVolumeClaim>,
     pub host_claims: Store<PersistentVolumeClaim>,
+    pub virtual_endpoints: Store<Endpoints>,
+    pub host_endpoints: Store<Endpoints>,
+    pub virtual_ingresses: Store<Ingress>,
+    pub host_ingresses: Store<Ingress>,
+    pub virtual_slices: Store<EndpointSlice>,
+    pub host_slices: Store<EndpointSlice>,
 }
 
 /// Shared by every controller.
@@ -117,9 +142,19 @@ pub struct Context {
     ready: watch::Receiver<bool>,
     /// Wakes the garbage collector early (a deletion was seen).
     pub gc_trigger: Arc<Notify>,
+    /// Virtual Services (namespace, name) being re-created with the host's cluster IP: briefly
+    /// absent from the virtual API, but their host copies are not orphans.
+    pub recreating: Mutex<HashSet<(String, String)>>,
 }
 
 impl Context {
+    /// Whether the virtual Service `namespace/name` is being re-created right now.
+    pub fn is_recreating(&self, namespace: &str, name: &str) -> bool {
+        self.recreating
+            .lock()
+            .is_ok_and(|r| r.contains(&(namespace.to_string(), name.to_string())))
+    }
+
     pub fn tenant(&self) -> &Tenant {
         &self.config.tenant
     }
@@ -380,6 +415,12 @@ pub async fn run(
     let (svc_requeue, svc_requeue_rx) = unbounded::<ObjectRef<Service>>();
     let (pvc_main, pvc_main_rx) = unbounded::<Result<PersistentVolumeClaim, watcher::Error>>();
     let (pvc_requeue, pvc_requeue_rx) = unbounded::<ObjectRef<PersistentVolumeClaim>>();
+    let (ep_main, ep_main_rx) = unbounded::<Result<Endpoints, watcher::Error>>();
+    let (ep_requeue, ep_requeue_rx) = unbounded::<ObjectRef<Endpoints>>();
+    let (ing_main, ing_main_rx) = unbounded::<Result<Ingress, watcher::Error>>();
+    let (ing_requeue, ing_requeue_rx) = unbounded::<ObjectRef<Ingress>>();
+    let (slice_main, slice_main_rx) = unbounded::<Result<EndpointSlice, watcher::Error>>();
+    let (slice_requeue, slice_requeue_rx) = unbounded::<ObjectRef<EndpointSlice>>();
 
     // A pod's references re-trigger the configmaps and secrets it uses.
     let references: Hook<Pod> = {
@@ -412,6 +453,62 @@ pub async fn run(
         ],
         trim_host_pod,
     );
+    // An Ingress re-triggers the Secrets it terminates TLS with.
+    let tls_references: Hook<Ingress> = {
+        let secret_requeue = secret_requeue.clone();
+        Box::new(move |ev| {
+            if let Some(i) = applied(ev) {
+                let ns = i.metadata.namespace.clone().unwrap_or_default();
+                for n in crate::translate::ingress::tls_secrets(i) {
+                    let _ = secret_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
+                }
+            }
+        })
+    };
+    // Only hand-written endpoints are synced: the watches leave out those the virtual
+    // controllers derive (the bulk, one per Service, listing every pod), so they cost no memory.
+    let (virtual_slices, r16, d16) = watched_store(
+        Api::<EndpointSlice>::all(virt.clone()),
+        all.clone()
+            .labels(crate::translate::endpointslice::NOT_DERIVED),
+        vec![main_trigger(slice_main, gc.clone())],
+    );
+    // On the host too: slices the host derives carry the tenant's labels (copied from the
+    // Service or Endpoints) but are the host's; only those vkube wrote are cached.
+    let (host_slices, r17, d17) = watched_store(
+        Api::<EndpointSlice>::namespaced(host.clone(), &host_ns),
+        watcher::Config::default().labels(&format!(
+            "{MANAGED_BY}={},{}={}",
+            config.tenant.name,
+            crate::translate::endpointslice::MANAGED_BY,
+            crate::translate::endpointslice::MANAGED_BY_VKUBE
+        )),
+        vec![owner_trigger(slice_requeue.clone(), gc.clone())],
+    );
+    // A Service gaining or losing its selector decides whether its hand-written Endpoints and
+    // EndpointSlices are synced.
+    let service_endpoints: Hook<Service> = {
+        let ep_requeue = ep_requeue.clone();
+        let slices = virtual_slices.clone();
+        Box::new(move |ev| {
+            // Only selector-less Services have synced endpoints; one that gained a selector
+            // leaves its host copies to the garbage collector.
+            if let Some(s) = applied(ev).filter(|s| crate::translate::endpoints::synced_for(s)) {
+                let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                let _ = ep_requeue.unbounded_send(ObjectRef::new(&name).within(&ns));
+                for slice in slices.state() {
+                    if slice.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && crate::translate::endpointslice::handwritten_for(&slice)
+                            == Some(name.as_str())
+                    {
+                        let _ = slice_requeue
+                            .unbounded_send(ObjectRef::new(&slice.name_any()).within(&ns));
+                    }
+                }
+            }
+        })
+    };
+
     let (virtual_config_maps, r3, d3) = watched_store(
         Api::<ConfigMap>::all(virt.clone()),
         all.clone(),
@@ -435,7 +532,7 @@ pub async fn run(
     let (virtual_services, r7, d7) = watched_store(
         Api::<Service>::all(virt.clone()),
         all.clone(),
-        vec![main_trigger(svc_main, gc.clone())],
+        vec![main_trigger(svc_main, gc.clone()), service_endpoints],
     );
     let (host_services, r8, d8) = watched_store(
         Api::<Service>::namespaced(host.clone(), &host_ns),
@@ -455,6 +552,31 @@ pub async fn run(
         vec![owner_trigger(pvc_requeue, gc.clone())],
     );
 
+    let (virtual_endpoints, r12, d12) = watched_store(
+        Api::<Endpoints>::all(virt.clone()),
+        all.clone().labels(crate::translate::endpoints::NOT_DERIVED),
+        vec![main_trigger(ep_main, gc.clone())],
+    );
+    let (host_endpoints, r13, d13) = watched_store(
+        Api::<Endpoints>::namespaced(host.clone(), &host_ns),
+        watcher::Config::default().labels(&format!(
+            "{MANAGED_BY}={},{}",
+            config.tenant.name,
+            crate::translate::endpoints::NOT_DERIVED
+        )),
+        vec![owner_trigger(ep_requeue, gc.clone())],
+    );
+    let (virtual_ingresses, r14, d14) = watched_store(
+        Api::<Ingress>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(ing_main, gc.clone()), tls_references],
+    );
+    let (host_ingresses, r15, d15) = watched_store(
+        Api::<Ingress>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(ing_requeue, gc.clone())],
+    );
+
     let stores = Stores {
         virtual_pods,
         host_pods,
@@ -467,6 +589,12 @@ pub async fn run(
         virtual_nodes,
         virtual_claims,
         host_claims,
+        virtual_endpoints,
+        host_endpoints,
+        virtual_ingresses,
+        host_ingresses,
+        virtual_slices,
+        host_slices,
     };
     let (ready_tx, ready) = watch::channel(false);
     let recorder = Recorder::new(
@@ -484,10 +612,13 @@ pub async fn run(
         recorder,
         ready,
         gc_trigger: gc.clone(),
+        recreating: Mutex::new(HashSet::new()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    for d in [d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11] {
+    for d in [
+        d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15, d16, d17,
+    ] {
         tasks.spawn(d);
     }
     tasks.spawn(pods::controller(ctx.clone(), pod_main_rx, pod_requeue_rx));
@@ -508,12 +639,29 @@ pub async fn run(
         svc_main_rx,
         svc_requeue_rx,
     ));
+    tasks.spawn(endpoints::controller(
+        ctx.clone(),
+        ep_main_rx,
+        ep_requeue_rx,
+    ));
+    tasks.spawn(endpointslices::controller(
+        ctx.clone(),
+        slice_main_rx,
+        slice_requeue_rx,
+    ));
+    tasks.spawn(ingresses::controller(
+        ctx.clone(),
+        ing_main_rx,
+        ing_requeue_rx,
+    ));
 
     let readiness = {
         let stores = stores.clone();
         async move {
             let started = std::time::Instant::now();
-            for mut r in [r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11] {
+            for mut r in [
+                r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17,
+            ] {
                 if r.wait_for(|ready| *ready).await.is_err() {
                     return;
                 }

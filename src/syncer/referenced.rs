@@ -34,6 +34,10 @@ pub trait Referenced:
     fn host_store(stores: &Stores) -> &Store<Self>;
     fn sync_all(config: &SyncerConfig) -> bool;
     fn names(refs: References) -> BTreeSet<String>;
+    /// Whether an object other than a pod (an Ingress, for a Secret) refers to `namespace/name`.
+    fn referenced_elsewhere(_stores: &Stores, _namespace: &str, _name: &str) -> bool {
+        false
+    }
     fn to_host(&self, tenant: &Tenant) -> Self;
 }
 
@@ -46,12 +50,12 @@ pub fn controller<K: Referenced>(
     super::controller(ctx, reader, trigger, requeue, reconcile::<K>)
 }
 
-/// Whether any virtual pod in `namespace` references `name`.
+/// Whether any virtual pod (or other referring object) in `namespace` references `name`.
 fn referenced<K: Referenced>(ctx: &Context, namespace: &str, name: &str) -> bool {
     ctx.stores.virtual_pods.state().iter().any(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && K::names(translate::pod::references(p)).contains(name)
-    })
+    }) || K::referenced_elsewhere(&ctx.stores, namespace, name)
 }
 
 async fn reconcile<K: Referenced>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, SyncError> {

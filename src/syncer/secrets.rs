@@ -1,5 +1,5 @@
-//! Secrets: synced while a virtual pod references them (see `referenced`). Secret data is
-//! never logged.
+//! Secrets: synced while a virtual pod or Ingress (TLS) references them (see `referenced`).
+//! Secret data is never logged.
 
 use std::collections::BTreeSet;
 
@@ -22,6 +22,13 @@ impl Referenced for Secret {
     }
     fn names(refs: References) -> BTreeSet<String> {
         refs.secrets
+    }
+    /// Ingresses terminate TLS with a Secret of their namespace.
+    fn referenced_elsewhere(stores: &Stores, namespace: &str, name: &str) -> bool {
+        stores.virtual_ingresses.state().iter().any(|i| {
+            i.metadata.namespace.as_deref() == Some(namespace)
+                && translate::ingress::tls_secrets(i).contains(name)
+        })
     }
     fn to_host(&self, tenant: &Tenant) -> Self {
         translate::secret::to_host(self, tenant)

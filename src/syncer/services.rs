@@ -1,16 +1,22 @@
 //! Services: a host Service with the same ports and a selector confined to the tenant's pods of
 //! the same virtual namespace. Types the admin's policy does not allow become ClusterIP, with a
 //! Warning Event saying so. Load-balancer status flows back up.
+//!
+//! The virtual Service shows the cluster IP that really routes, the host's. The host copy first
+//! asks for the IP the virtual apiserver allocated (its service range contains the host's);
+//! when the host cannot give it, the virtual Service is re-created with the host's IP (cluster
+//! IPs are immutable), keeping its metadata and spec, and its hand-written Endpoints.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
 use super::apply::{self, Applied};
 use super::{Context, SyncError};
@@ -33,11 +39,14 @@ pub fn is_virtual_apiserver(svc: &Service) -> bool {
 
 async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
-    if is_virtual_apiserver(&vsvc) || vsvc.metadata.deletion_timestamp.is_some() {
+    if vsvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if is_virtual_apiserver(&vsvc) {
+        return show_api_service(&ctx, &vsvc).await;
+    }
     let tenant = ctx.tenant();
-    let host = translate::service::to_host(&vsvc, tenant, ctx.config.service_policy);
+    let mut host = translate::service::to_host(&vsvc, tenant, ctx.config.service_policy);
     if let Some(from) = &host.downgraded_from {
         ctx.event(
             vsvc.as_ref(),
@@ -50,38 +59,296 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
         .await;
     }
     let host_name = host.service.name_any();
+    let store = &ctx.stores.host_services;
+    let cached = store.get(&ObjectRef::new(&host_name).within(&tenant.host_namespace));
+    let asks_for_virtual_ip = cached.is_none();
+    match &cached {
+        Some(h) => translate::service::pin_cluster_ips(&mut host.service, h),
+        None => translate::service::pin_cluster_ips(&mut host.service, &vsvc),
+    }
     let api: Api<Service> = ctx.host_api();
-    if let (Applied::Conflict, _) =
-        apply::ensure(&api, &ctx.stores.host_services, tenant, host.service)
-            .await
-            .map_err(SyncError::Host)?
-    {
+    let mut unpinned = host.service.clone();
+    let applied = match apply::ensure(&api, store, tenant, host.service).await {
+        Err(kube::Error::Api(s)) if s.code == 422 && asks_for_virtual_ip => {
+            // The virtual IP is taken on the host or outside its range: the host picks one, and
+            // the virtual Service is re-created with it below.
+            if let Some(spec) = unpinned.spec.as_mut() {
+                spec.cluster_ip = None;
+                spec.cluster_ips = None;
+            }
+            apply::ensure(&api, store, tenant, unpinned).await
+        }
+        other => other,
+    };
+    let (result, written) = applied.map_err(SyncError::Host)?;
+    if result == Applied::Conflict {
         return Ok(ctx.conflict(vsvc.as_ref(), &host_name).await);
     }
+    let Some(h) = written.map(Arc::new).or(cached) else {
+        // Unchanged but not cached yet: the host watch re-triggers us.
+        return Ok(Action::await_change());
+    };
     // Load-balancer addresses are the host's to know.
-    if let Some(h) = ctx
-        .stores
-        .host_services
-        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
-    {
-        let host_lb = h.status.as_ref().and_then(|s| s.load_balancer.clone());
-        let virt_lb = vsvc.status.as_ref().and_then(|s| s.load_balancer.clone());
-        if host_lb.is_some() && host_lb != virt_lb {
-            let patch = serde_json::json!({ "status": { "loadBalancer": host_lb } });
-            let vapi: Api<Service> =
-                Api::namespaced(ctx.virt.clone(), &vsvc.namespace().unwrap_or_default());
-            vapi.patch_status(
-                &vsvc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
+    let host_lb = h.status.as_ref().and_then(|s| s.load_balancer.clone());
+    let virt_lb = vsvc.status.as_ref().and_then(|s| s.load_balancer.clone());
+    if host_lb.is_some() && host_lb != virt_lb {
+        let patch = serde_json::json!({ "status": { "loadBalancer": host_lb } });
+        let vapi: Api<Service> =
+            Api::namespaced(ctx.virt.clone(), &vsvc.namespace().unwrap_or_default());
+        vapi.patch_status(
+            &vsvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(SyncError::Virtual)?;
+    }
+    if let Some(again) = translate::service::with_host_cluster_ips(&vsvc, &h) {
+        let ranges = &ctx.config.virtual_service_ranges;
+        if !ranges.is_empty() && !translate::service::representable(&h, ranges) {
+            ctx.event(
+                vsvc.as_ref(),
+                EventType::Warning,
+                "ClusterIPNotShown",
+                "the host's cluster IP of this service is outside the virtual cluster's service range (vkube serve --service-cidr); the IP shown does not route, use the service's DNS name".into(),
             )
-            .await
-            .map_err(SyncError::Virtual)?;
+            .await;
+            return Ok(Action::await_change());
         }
+        return recreate(&ctx, &vsvc, again).await;
     }
     Ok(Action::await_change())
 }
 
+/// The virtual `default/kubernetes` Service is not copied: it shows the ClusterIP of the host
+/// Service in front of vkube's proxy (where pods' `KUBERNETES_SERVICE_HOST` and
+/// `kubernetes.default.svc` lead), re-created like any other Service whose IP differs.
+async fn show_api_service(ctx: &Context, vsvc: &Service) -> Result<Action, SyncError> {
+    let Some(api) = &ctx.config.api_endpoint else {
+        return Ok(Action::await_change());
+    };
+    let host_view = Service {
+        spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+            cluster_ip: Some(api.host.clone()),
+            cluster_ips: Some(vec![api.host.clone()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let Some(again) = translate::service::with_host_cluster_ips(vsvc, &host_view) else {
+        return Ok(Action::await_change());
+    };
+    let ranges = &ctx.config.virtual_service_ranges;
+    if !ranges.is_empty() && !translate::service::representable(&host_view, ranges) {
+        return Ok(Action::await_change());
+    }
+    recreate(ctx, vsvc, again).await
+}
+
+/// Marks a virtual Service as being re-created for as long as it lives.
+struct Recreating<'a> {
+    ctx: &'a Context,
+    key: (String, String),
+}
+
+impl<'a> Recreating<'a> {
+    fn new(ctx: &'a Context, namespace: &str, name: &str) -> Self {
+        let key = (namespace.to_string(), name.to_string());
+        if let Ok(mut r) = ctx.recreating.lock() {
+            r.insert(key.clone());
+        }
+        Recreating { ctx, key }
+    }
+}
+
+impl Drop for Recreating<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.ctx.recreating.lock() {
+            r.remove(&self.key);
+        }
+    }
+}
+
+fn cluster_ips(svc: &Service) -> Vec<String> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    spec.cluster_ips
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.cluster_ip)
+        .collect()
+}
+
+/// Replaces the virtual Service `old` by `new`, which differs only in the cluster IPs (they are
+/// immutable). The host copy is kept meanwhile: the garbage collector skips it while the virtual
+/// Service is briefly absent.
+async fn recreate(ctx: &Context, old: &Service, new: Service) -> Result<Action, SyncError> {
+    let ns = old.namespace().unwrap_or_default();
+    let name = old.name_any();
+    if !old.finalizers().is_empty() {
+        // Deleting would leave it terminating; showing the wrong IP is the lesser harm.
+        return Ok(Action::await_change());
+    }
+    let wanted = cluster_ips(&new);
+    let taken = ctx.stores.virtual_services.state().into_iter().any(|s| {
+        s.metadata.uid != old.metadata.uid && cluster_ips(&s).iter().any(|ip| wanted.contains(ip))
+    });
+    if taken {
+        // Another virtual Service holds the IP; it moves to its own host IP soon.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let handwritten = translate::endpoints::synced_for(old);
+    if handwritten && let Some(wait) = settle_time(old) {
+        // Its Endpoints usually arrive right after it (same manifest): let them, so that the
+        // copy taken below has them.
+        return Ok(Action::requeue(wait));
+    }
+    let vapi: Api<Service> = Api::namespaced(ctx.virt.clone(), &ns);
+    let eps: Api<Endpoints> = Api::namespaced(ctx.virt.clone(), &ns);
+    // The endpoints controller deletes the Endpoints of a deleted Service, hand-written or not.
+    let saved = if handwritten {
+        eps.get_opt(&name).await.map_err(SyncError::Virtual)?
+    } else {
+        None
+    };
+    let _mark = Recreating::new(ctx, &ns, &name);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: old.metadata.uid.clone(),
+            resource_version: old.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match vapi.delete(&name, &dp).await {
+        Ok(_) => {}
+        // Changed or gone meanwhile: the next reconcile sees the new state.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        Err(e) => return Err(SyncError::Virtual(e)),
+    }
+    let Some(created) = create_again(&vapi, &ns, &name, new).await else {
+        // Someone re-created it first (kubectl apply); it is reconciled again.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    };
+    ctx.event(
+        &created,
+        EventType::Normal,
+        "ClusterIPFromHost",
+        format!(
+            "re-created with the host's cluster IP {} (was {}), the address that routes",
+            wanted.first().cloned().unwrap_or_default(),
+            cluster_ips(old).first().cloned().unwrap_or_default()
+        ),
+    )
+    .await;
+    if let Some(saved) = saved {
+        guard_endpoints(ctx, &eps, saved).await;
+    }
+    // Until the store has the new Service, the garbage collector would take the host copy for
+    // an orphan: keep the mark until then.
+    let key = ObjectRef::new(&name).within(&ns);
+    for _ in 0..100 {
+        if ctx
+            .stores
+            .virtual_services
+            .get(&key)
+            .map(|s| s.metadata.uid.clone())
+            == Some(created.metadata.uid.clone())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Creates the deleted virtual Service again; it must not be lost, so transient failures are
+/// retried, and if its new IP was taken meanwhile it is created without one. `None` when
+/// someone else created it first.
+async fn create_again(
+    vapi: &Api<Service>,
+    ns: &str,
+    name: &str,
+    mut svc: Service,
+) -> Option<Service> {
+    let pp = PostParams::default();
+    let mut attempt: u32 = 0;
+    loop {
+        match vapi.create(&pp, &svc).await {
+            Ok(c) => return Some(c),
+            Err(kube::Error::Api(s)) if s.code == 409 => return None,
+            Err(kube::Error::Api(s))
+                if s.code == 422 && svc.spec.as_ref().is_some_and(|s| s.cluster_ip.is_some()) =>
+            {
+                tracing::warn!(service = %format!("{ns}/{name}"), error = %s.message, "the host's cluster IP was taken meanwhile; re-creating the service without it");
+                if let Some(spec) = svc.spec.as_mut() {
+                    spec.cluster_ip = None;
+                    spec.cluster_ips = None;
+                }
+            }
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(service = %format!("{ns}/{name}"), error = %e, attempt, "re-creating the service failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200) * attempt.min(25)).await;
+            }
+        }
+    }
+}
+
+/// How long a selector-less Service is left alone after its creation before it is re-created.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The rest of [`SETTLE`] for `svc`, if any.
+fn settle_time(svc: &Service) -> Option<Duration> {
+    let created = svc.metadata.creation_timestamp.as_ref()?.0;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
+    let age = Duration::try_from(age).unwrap_or_default();
+    SETTLE.checked_sub(age).filter(|d| !d.is_zero())
+}
+
+/// How long hand-written Endpoints are watched over after their Service was re-created.
+const ENDPOINTS_GUARD: Duration = Duration::from_secs(10);
+
+/// Keeps hand-written Endpoints through the re-creation of their Service. The endpoints
+/// controller deletes the Endpoints of a deleted Service whenever its queue gets to it, which
+/// may be after the new Service exists; so for a while, a deleted copy is put back in its
+/// latest known form (edits made meanwhile are kept).
+async fn guard_endpoints(ctx: &Context, eps: &Api<Endpoints>, mut latest: Endpoints) {
+    let key = ObjectRef::new(&latest.name_any()).within(&latest.namespace().unwrap_or_default());
+    let until = tokio::time::Instant::now() + ENDPOINTS_GUARD;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(current) = ctx.stores.virtual_endpoints.get(&key) {
+            latest = current.as_ref().clone();
+            continue;
+        }
+        let again = Endpoints {
+            metadata: ObjectMeta {
+                name: latest.metadata.name.clone(),
+                namespace: latest.metadata.namespace.clone(),
+                labels: latest.metadata.labels.clone(),
+                annotations: latest.metadata.annotations.clone(),
+                ..Default::default()
+            },
+            subsets: latest.subsets.clone(),
+        };
+        match eps.create(&PostParams::default(), &again).await {
+            Ok(_) => tracing::info!(endpoints = %key, "hand-written endpoints put back"),
+            // The store lags behind the API: it is there.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // Tried again on the next round.
+            Err(e) => {
+                tracing::warn!(endpoints = %key, error = %e, "putting hand-written endpoints back failed")
+            }
+        }
+    }
+}
+
 pub fn orphans(ctx: &Context) -> Vec<Arc<Service>> {
     super::orphans_of(&ctx.stores.host_services, &ctx.stores.virtual_services)
+        .into_iter()
+        .filter(|h| {
+            translate::origin(h.meta()).is_none_or(|o| !ctx.is_recreating(&o.namespace, &o.name))
+        })
+        .collect()
 }

@@ -7,6 +7,9 @@
 //! The reverse mapping never parses names: host objects carry their origin in labels/annotations.
 
 pub mod configmap;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod ingress;
 pub mod pod;
 pub mod pvc;
 pub mod secret;

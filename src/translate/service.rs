@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
 use super::Tenant;
+use super::endpoints::Cidr;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServicePolicy {
@@ -87,6 +88,82 @@ pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostServi
         },
         downgraded_from: (!allowed).then_some(vtype),
     }
+}
+
+/// A Service that gets a cluster IP of its own (not headless, not ExternalName).
+fn allocated_ips(svc: &Service) -> Option<(String, Option<Vec<String>>)> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let ip = spec
+        .cluster_ip
+        .clone()
+        .filter(|ip| !ip.is_empty() && ip != "None")?;
+    Some((ip, spec.cluster_ips.clone()))
+}
+
+/// Asks the host for the cluster IPs of `from` in the desired host Service: the IPs the host
+/// copy already has (they are immutable, so an apply must repeat them), or, for a host copy yet
+/// to be created, the IPs the virtual apiserver allocated (when they are free on the host, both
+/// sides agree from the start and the virtual Service need not be re-created).
+pub fn pin_cluster_ips(desired: &mut Service, from: &Service) {
+    let Some((ip, ips)) = allocated_ips(from) else {
+        return;
+    };
+    if allocated_ips(desired).is_some()
+        || desired.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
+        || desired.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
+    {
+        return;
+    }
+    if let Some(spec) = desired.spec.as_mut() {
+        spec.cluster_ip = Some(ip);
+        spec.cluster_ips = ips;
+    }
+}
+
+/// Whether the virtual apiserver, whose service ranges are `ranges`, can show the host's cluster
+/// IPs of `host`. When it cannot (its `--service-cidr` does not contain the host's range),
+/// re-creating the virtual Service with them would fail, and then loop.
+pub fn representable(host: &Service, ranges: &[Cidr]) -> bool {
+    let Some((ip, ips)) = allocated_ips(host) else {
+        return true;
+    };
+    ips.unwrap_or_else(|| vec![ip]).iter().all(|ip| {
+        ip.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ranges.iter().any(|r| r.contains(&ip)))
+    })
+}
+
+/// The virtual Service as it must be re-created so that it shows the cluster IPs that really
+/// route (the host's); `None` when it already does, or has none to show (headless,
+/// ExternalName, host IP not allocated yet). Cluster IPs are immutable, hence a re-creation:
+/// same metadata (labels, annotations, owners) and spec, new IPs.
+pub fn with_host_cluster_ips(v: &Service, host: &Service) -> Option<Service> {
+    let (vip, vips) = allocated_ips(v)?;
+    let (hip, hips) = allocated_ips(host)?;
+    if vip == hip && (vips == hips || hips.is_none()) {
+        return None;
+    }
+    let mut spec = v.spec.clone()?;
+    spec.cluster_ip = Some(hip);
+    spec.cluster_ips = hips;
+    if let Some(families) = host.spec.as_ref().and_then(|s| s.ip_families.clone()) {
+        spec.ip_families = Some(families);
+    }
+    Some(Service {
+        metadata: kube::api::ObjectMeta {
+            name: v.metadata.name.clone(),
+            namespace: v.metadata.namespace.clone(),
+            labels: v.metadata.labels.clone(),
+            annotations: v.metadata.annotations.clone(),
+            owner_references: v.metadata.owner_references.clone(),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
 }
 
 #[cfg(test)]
@@ -178,5 +255,95 @@ mod tests {
         assert_eq!(spec.type_.as_deref(), Some("ExternalName"));
         assert_eq!(spec.external_name.as_deref(), Some("db.example.com"));
         assert_eq!(spec.selector, None);
+    }
+
+    fn with_ip(mut s: Service, ip: &str) -> Service {
+        let spec = s.spec.as_mut().unwrap();
+        spec.cluster_ip = Some(ip.into());
+        spec.cluster_ips = Some(vec![ip.into()]);
+        s
+    }
+
+    #[test]
+    fn a_new_host_copy_asks_for_the_virtual_ip_and_an_existing_one_keeps_its_own() {
+        let v = with_ip(svc("ClusterIP"), "10.96.7.7");
+        let mut desired = to_host(&v, &tenant(), ServicePolicy::default()).service;
+        pin_cluster_ips(&mut desired, &v);
+        let spec = desired.spec.clone().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.7.7"));
+        assert_eq!(spec.cluster_ips, Some(vec!["10.96.7.7".to_string()]));
+        // Once pinned, it stays: a second pin from another source changes nothing.
+        let other = with_ip(svc("ClusterIP"), "10.96.9.9");
+        pin_cluster_ips(&mut desired, &other);
+        assert_eq!(
+            desired.spec.unwrap().cluster_ip.as_deref(),
+            Some("10.96.7.7")
+        );
+        // Headless and ExternalName never get an IP.
+        let mut headless = with_ip(svc("ClusterIP"), "None");
+        headless.spec.as_mut().unwrap().cluster_ips = Some(vec!["None".into()]);
+        let mut desired = to_host(&headless, &tenant(), ServicePolicy::default()).service;
+        pin_cluster_ips(&mut desired, &v);
+        assert_eq!(desired.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+        let mut ext = svc("ExternalName");
+        ext.spec.as_mut().unwrap().external_name = Some("db.example.com".into());
+        let mut desired = to_host(&ext, &tenant(), ServicePolicy::default()).service;
+        pin_cluster_ips(&mut desired, &v);
+        assert_eq!(desired.spec.unwrap().cluster_ip, None);
+    }
+
+    #[test]
+    fn host_ips_outside_the_virtual_range_cannot_be_shown() {
+        let ranges: Vec<Cidr> = vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00::/108".parse().unwrap(),
+        ];
+        assert!(representable(
+            &with_ip(svc("ClusterIP"), "10.96.0.44"),
+            &ranges
+        ));
+        assert!(!representable(
+            &with_ip(svc("ClusterIP"), "172.20.0.9"),
+            &ranges
+        ));
+        let mut dual = with_ip(svc("ClusterIP"), "10.96.0.44");
+        dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.44".into(), "fd00::5".into()]);
+        assert!(representable(&dual, &ranges));
+        dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.44".into(), "fd01::5".into()]);
+        assert!(!representable(&dual, &ranges));
+        // Nothing to show: nothing to refuse.
+        assert!(representable(&with_ip(svc("ClusterIP"), "None"), &ranges));
+    }
+
+    #[test]
+    fn the_virtual_service_is_recreated_with_the_host_ip_only_when_they_differ() {
+        let mut v = with_ip(svc("ClusterIP"), "10.100.0.3");
+        v.metadata.uid = Some("u-1".into());
+        v.metadata.resource_version = Some("42".into());
+        v.metadata.labels = Some(BTreeMap::from([("app".into(), "web".into())]));
+        v.metadata.annotations = Some(BTreeMap::from([("note".into(), "keep".into())]));
+        v.metadata.owner_references = Some(vec![Default::default()]);
+        let host = with_ip(svc("ClusterIP"), "10.96.0.44");
+        let again = with_host_cluster_ips(&v, &host).unwrap();
+        let spec = again.spec.clone().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.44"));
+        assert_eq!(spec.cluster_ips, Some(vec!["10.96.0.44".to_string()]));
+        assert_eq!(spec.ports, v.spec.as_ref().unwrap().ports);
+        assert_eq!(spec.selector, v.spec.as_ref().unwrap().selector);
+        assert_eq!(again.metadata.labels, v.metadata.labels);
+        assert_eq!(again.metadata.annotations, v.metadata.annotations);
+        assert_eq!(again.metadata.owner_references, v.metadata.owner_references);
+        assert_eq!(again.metadata.uid, None);
+        assert_eq!(again.metadata.resource_version, None);
+        // Same IP: nothing to do; no host IP yet, headless, ExternalName: nothing either.
+        assert_eq!(with_host_cluster_ips(&again, &host), None);
+        let mut pending = svc("ClusterIP");
+        pending.spec.as_mut().unwrap().cluster_ip = None;
+        assert_eq!(with_host_cluster_ips(&v, &pending), None);
+        let headless = with_ip(svc("ClusterIP"), "None");
+        assert_eq!(with_host_cluster_ips(&headless, &host), None);
+        let mut ext = with_ip(svc("ExternalName"), "10.100.0.3");
+        ext.spec.as_mut().unwrap().external_name = Some("x.example.com".into());
+        assert_eq!(with_host_cluster_ips(&ext, &host), None);
     }
 }
