@@ -10,7 +10,7 @@
 #   hack/images.sh check                             the Dockerfile agrees with image-contents.txt
 #
 #   pause    the pod sandbox process: hack/pause.c, built with gcc -static
-#   testbox  test workloads: Debian's busybox-static (sh, httpd for HTTP, nc for a TCP echo, wget)
+#   testbox  test workloads: Debian's busybox-static (sh, httpd for HTTP, nc for a TCP echo, wget), kubectl
 #   vkube    vkube (cargo build --release; honours CARGO_TARGET_DIR) plus the pinned etcd,
 #            kube-apiserver and kube-controller-manager: hack/image-contents.txt, the list the
 #            Dockerfile follows too
@@ -24,7 +24,7 @@ source "$HACK_DIR/versions.sh"
 
 OUT="$VKUBE_CACHE/images"
 PAUSE_REF="localhost/vkube/pause:1"
-TESTBOX_REF="localhost/vkube/testbox:1"
+TESTBOX_REF="localhost/vkube/testbox:2"
 ALL=(pause testbox vkube)
 
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -61,9 +61,13 @@ build_one() {
       # Debian's dynamic `busybox` package installs the same path; only the static one runs alone.
       if ldd "$bb" >/dev/null 2>&1; then die "$bb is dynamically linked: apt-get install busybox-static"; fi
       srcs+=(--src "busybox=$bb")
+      # kubectl, so tests can use the in-cluster API the way real workloads do (in-cluster
+      # config: KUBERNETES_SERVICE_HOST/PORT, the mounted token and CA).
+      srcs+=(--src "kubectl=$("$HACK_DIR/build-components.sh")/kubectl")
       {
         echo "image $TESTBOX_REF"
         echo "bin /bin/busybox busybox"
+        echo "bin /usr/local/bin/kubectl kubectl"
         "$bb" --list | grep -vx busybox | sed 's#.*#symlink /bin/& busybox#'
         echo "dir /tmp 1777 0:0"
         echo "account nobody 65534 65534 /nonexistent"

@@ -131,7 +131,14 @@ pub async fn run(
     let mut dns_socket = None;
     let advertised = match opts.advertise_address {
         Some(ip) => {
-            let socket = bind_dns(dns_at(0))?;
+            // A UDP socket on 0.0.0.0 answers from whichever address routes back to the pod,
+            // which kube-proxy's reverse NAT does not recognise: bind the advertised one.
+            let addr = match opts.dns_listen {
+                Some(a) => a,
+                None if listen_addr.ip().is_unspecified() => SocketAddr::new(ip, 0),
+                None => dns_at(0),
+            };
+            let socket = bind_dns(addr)?;
             let dns_port = socket.local_addr().map(|a| a.port()).ok();
             dns_socket = Some(socket);
             Some(crate::host::Advertised {
