@@ -81,11 +81,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 
 impl Proxy {
     pub fn new(listener: TcpListener, config: ProxyConfig) -> Proxy {
+        // Small request/response exchanges on loopback: no Nagle delay on the backend side
+        // either (the tenant side sets it per accepted socket).
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config.backend_tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let backend = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
