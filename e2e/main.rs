@@ -3,6 +3,7 @@
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
 mod common;
+mod platform;
 mod real_node;
 mod serve;
 mod syncer;
