@@ -4,6 +4,7 @@
 
 mod common;
 mod networking;
+mod platform;
 mod pod_streams;
 mod real_node;
 mod serve;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the real Kubernetes components the harness runs:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-# etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), plus kwok's stage files.
+# etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok) with its stage files, and helm
+# (helm.sh/helm/v3, for the chart in charts/vkube).
 # With --real-node also what hack/real-node.sh runs: kubelet and kube-proxy (k8s.io/kubernetes),
 # CoreDNS (github.com/coredns/coredns) and crictl (sigs.k8s.io/cri-tools). The default path does
 # not build them, so the host cluster alone stays quick to set up.
@@ -150,9 +151,19 @@ build_crictl() {
     "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" || die "building crictl failed"
 }
 
+build_helm() {
+  need_build helm || { log "helm $HELM_VERSION cached"; return; }
+  log "building helm $HELM_VERSION"
+  # Like kwok: no relative replaces in its go.mod, so go install works directly.
+  GOBIN="$VKUBE_BIN" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm failed"
+}
+
 start=$(date +%s)
 build_etcd
 build_kwok
+build_helm
 build_kubernetes
 if (( REAL_NODE )); then
   build_coredns

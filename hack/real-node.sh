@@ -56,6 +56,8 @@ POD_CIDR=10.85.0.0/24
 POD_GW=10.85.0.1
 # The cluster DNS Service: the conventional kube-dns ClusterIP of the host's 10.96.0.0/16 range.
 DNS_IP=10.96.0.10
+# The `kubernetes` Service: how in-cluster clients (the vkube manager, `vkube serve`) reach the API.
+API_SERVICE_IP=10.96.0.1
 TAINT_KEY=vkube.dev/real-node
 LABEL=vkube.dev/node-type=real
 PACKAGES=(containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev)
@@ -250,6 +252,25 @@ JSON
   iptables -w 5 -N VKUBE-REAL-NODE-EGRESS 2>/dev/null || iptables -w 5 -F VKUBE-REAL-NODE-EGRESS
   iptables -w 5 -A VKUBE-REAL-NODE-EGRESS -i "$CNI_DEV" ! -o "$CNI_DEV" -j REJECT
   iptables -w 5 -C FORWARD -j VKUBE-REAL-NODE-EGRESS 2>/dev/null || iptables -w 5 -I FORWARD -j VKUBE-REAL-NODE-EGRESS
+}
+
+# Pods reach the host API as in-cluster clients do: through the `kubernetes` Service. The API
+# server of hack/host-cluster.sh listens on loopback only and advertises 127.0.0.1, so it
+# publishes no endpoints for that Service; pod traffic to its ClusterIP is DNATed straight to the
+# loopback port instead (its serving certificate names 10.96.0.1). Routing a pod's packet to
+# 127.0.0.1 needs route_localnet: set on the pod bridge only, not machine-wide, so it goes away
+# with the bridge on `down`; the nat chain is one of ours and `down` removes it too. The bridge is
+# made here, before the first pod (the CNI bridge plugin adopts an existing bridge of its name).
+host_api_for_pods() {
+  local port; port="$(cat "$DIR/apiserver-port" 2>/dev/null)" || die "no $DIR/apiserver-port: is the host cluster up?"
+  ip link show "$CNI_DEV" >/dev/null 2>&1 || ip link add "$CNI_DEV" type bridge
+  ip link set "$CNI_DEV" up
+  iptables -w 5 -t nat -N VKUBE-REAL-NODE-API 2>/dev/null || iptables -w 5 -t nat -F VKUBE-REAL-NODE-API
+  iptables -w 5 -t nat -A VKUBE-REAL-NODE-API -i "$CNI_DEV" -d "$API_SERVICE_IP/32" -p tcp --dport 443 \
+    -j DNAT --to-destination "127.0.0.1:$port"
+  iptables -w 5 -t nat -C PREROUTING -j VKUBE-REAL-NODE-API 2>/dev/null \
+    || iptables -w 5 -t nat -I PREROUTING -j VKUBE-REAL-NODE-API
+  sysctl -qw "net.ipv4.conf.$CNI_DEV.route_localnet=1"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +535,7 @@ up() {
   start_containerd
   import_images
   smoke_test
+  host_api_for_pods
   start_kube_proxy
   start_kubelet
   start_coredns

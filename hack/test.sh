@@ -25,6 +25,13 @@ cargo clippy --all-targets --locked -- -D warnings
 step "the Dockerfile agrees with hack/image-contents.txt"
 "$HACK_DIR/images.sh" check
 
+step "helm lint and helm template of charts/vkube"
+"$BIN/helm" lint --strict "$ROOT/charts/vkube"
+"$BIN/helm" template vkube "$ROOT/charts/vkube" --namespace vkube-system --kube-version "$K8S_VERSION" >/dev/null
+# The chart's CRD is the one the Rust types generate (a unit test checks the same).
+cmp -s "$ROOT/charts/vkube/crds/virtualclusters.yaml" "$ROOT/manifests/crd.yaml" \
+  || { echo "charts/vkube/crds/virtualclusters.yaml differs from manifests/crd.yaml: regenerate both with \`cargo run -- crd\`" >&2; exit 1; }
+
 step "unit tests"
 cargo test --locked --lib --bins
 
@@ -66,5 +73,10 @@ export VKUBE_E2E_HOST_KUBECONFIG="$HOST_KUBECONFIG" VKUBE_BIN_DIR="$BIN"
 step "e2e tests on the real node (real containers, logs, exec, Services, cluster DNS)"
 cargo test --locked --test e2e real_node:: -- --test-threads "${VKUBE_E2E_THREADS:-4}"
 
+# The platform as its users meet it (helm install, vkube create/pause/resume/delete): alone too,
+# since it measures create and resume times.
+step "e2e tests of the self-service platform on the real node (helm chart, manager, vkube CLI)"
+cargo test --locked --test e2e platform:: -- --test-threads 1
+
 step "e2e tests (real etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-cargo test --locked --test e2e -- --skip real_node:: --test-threads "${VKUBE_E2E_THREADS:-4}"
+cargo test --locked --test e2e -- --skip real_node:: --skip platform:: --test-threads "${VKUBE_E2E_THREADS:-4}"

@@ -9,5 +9,7 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 # crictl: Debian has no cri-tools package; hack/real-node.sh uses it to stop pod sandboxes through
 # CRI on `down` (so CNI DEL runs and nothing of the pods' network stays behind).
 CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"
+# Helm, for the chart (charts/vkube): lint, template and the e2e install. Built from its Go module.
+HELM_VERSION="${HELM_VERSION:-v3.20.2}"
 VKUBE_CACHE="${VKUBE_CACHE:-$HOME/.cache/vkube}"
 VKUBE_BIN="${VKUBE_BIN:-$VKUBE_CACHE/$K8S_VERSION/bin}"

@@ -88,6 +88,17 @@ pub enum HostError {
 pub async fn host_client(
     kubeconfig: Option<&std::path::Path>,
 ) -> Result<(kube::Client, String), HostError> {
+    let config = host_config(kubeconfig).await?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| HostError::Unreachable {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((client, url))
+}
+
+/// The host client configuration: the kubeconfig given, else in-cluster, else $KUBECONFIG.
+pub async fn host_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, HostError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let invalid = |e: &dyn std::error::Error| HostError::Kubeconfig {
@@ -107,12 +118,7 @@ pub async fn host_client(
             })?,
     };
     config.connect_timeout = Some(Duration::from_secs(5));
-    let url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|e| HostError::Unreachable {
-        url: url.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok((client, url))
+    Ok(config)
 }
 
 pub struct HostStore {

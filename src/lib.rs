@@ -2,11 +2,13 @@
 //! kube-apiserver, kube-controller-manager) supervised by `vkube serve` in one host namespace,
 //! behind a TLS proxy that authenticates callers and hands their identity to the virtual API.
 
+pub mod api;
 pub mod bench;
 pub mod controlplane;
 pub mod dns;
 pub mod host;
 pub mod kubeconfig;
+pub mod manager;
 pub mod names;
 pub mod pki;
 pub mod proxy;

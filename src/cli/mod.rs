@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod platform;
+
 use vkube::controlplane::Binaries;
-use vkube::host::{self, HostStore};
+use vkube::host;
 use vkube::serve::{self, ServeOptions};
 
 #[derive(Parser, Debug)]
@@ -34,7 +36,27 @@ enum Command {
     /// its TLS API proxy.
     Serve(Box<ServeArgs>),
     /// Print the admin kubeconfig of a virtual cluster (read from its host namespace).
-    Kubeconfig(KubeconfigArgs),
+    Kubeconfig(platform::KubeconfigArgs),
+    /// Create a virtual cluster, wait until it is ready and switch to its kubeconfig context.
+    Create(platform::CreateArgs),
+    /// Use a virtual cluster: write its context, port-forwarding when its API is not reachable.
+    Connect(platform::ConnectArgs),
+    /// List the virtual clusters you can see (admins: all; developers: their own).
+    #[command(visible_alias = "ls")]
+    List(platform::ListArgs),
+    /// Delete a virtual cluster and everything of it on the host.
+    Delete(platform::NameArgs),
+    /// Scale a virtual cluster's control plane to zero and remove its pods; its state is kept.
+    Pause(platform::NameArgs),
+    /// Start a paused virtual cluster again.
+    Resume(platform::NameArgs),
+    /// Print the VirtualCluster CustomResourceDefinition (YAML).
+    Crd,
+    /// Run the VirtualCluster controller (the platform's admin component; installed by the chart).
+    Manager(ManagerArgs),
+    /// Forward a local port to a virtual cluster's API (used by `vkube connect --background`).
+    #[command(hide = true)]
+    PortForward(platform::PortForwardArgs),
     /// Benchmarks (JSON and a short table).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -215,14 +237,19 @@ struct ServeArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct KubeconfigArgs {
-    /// Name of the virtual cluster.
-    name: String,
-    #[command(flatten)]
-    host: HostArgs,
-    /// Replace the server URL (e.g. when reaching the cluster through a port-forward).
+struct ManagerArgs {
+    /// The admin's policy (YAML; the chart mounts it from its values).
+    #[arg(long, env = "VKUBE_POLICY", default_value = "/etc/vkube/policy.yaml")]
+    policy: PathBuf,
+    /// Namespace of the leader election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Run without leader election (one replica only; for development).
     #[arg(long)]
-    server: Option<String>,
+    no_leader_election: bool,
+    /// Host kubeconfig (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -242,7 +269,19 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve_command(args).await,
-            Command::Kubeconfig(args) => kubeconfig_command(args).await,
+            Command::Kubeconfig(args) => platform::kubeconfig(args).await,
+            Command::Create(args) => platform::create(args).await,
+            Command::Connect(args) => platform::connect(args).await,
+            Command::List(args) => platform::list(args).await,
+            Command::Delete(args) => platform::delete(args).await,
+            Command::Pause(args) => platform::pause(args, true).await,
+            Command::Resume(args) => platform::pause(args, false).await,
+            Command::PortForward(args) => platform::port_forward(args).await,
+            Command::Crd => {
+                print!("{}", vkube::api::crd_yaml()?);
+                Ok(())
+            }
+            Command::Manager(args) => manager_command(args).await,
             Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench_proxy_command(args).await,
         }
@@ -381,19 +420,37 @@ async fn shutdown_signal() {
     }
 }
 
-async fn kubeconfig_command(args: KubeconfigArgs) -> anyhow::Result<()> {
-    vkube::names::validate_tenant_name(&args.name)?;
-    let namespace = args
-        .host
-        .host_namespace
-        .unwrap_or_else(|| host::default_namespace(&args.name));
-    let (client, url) = host::host_client(args.host.host_kubeconfig.as_deref()).await?;
-    let store = HostStore::new(client, &url, &namespace, &args.name);
-    let mut yaml = store.get_kubeconfig().await?;
-    if let Some(server) = args.server {
-        yaml = vkube::kubeconfig::with_server(&yaml, &server)?;
-    }
-    print!("{yaml}");
+async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
+    let path = args.policy.display().to_string();
+    let yaml = std::fs::read_to_string(&args.policy).with_context(|| {
+        format!("reading the policy {path} (the chart mounts it; pass --policy)")
+    })?;
+    let policy = vkube::manager::policy::Policy::from_yaml(&yaml, &path)?;
+    let (client, _) = host::host_client(args.kubeconfig.as_deref()).await?;
+    let lease = if args.no_leader_election {
+        None
+    } else {
+        let namespace = args.lease_namespace.context(
+            "leader election needs the Lease's namespace: set POD_NAMESPACE or pass --lease-namespace (or --no-leader-election)",
+        )?;
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("vkube-manager-{}", std::process::id()));
+        Some(vkube::manager::lease::LeaseConfig {
+            namespace,
+            name: "vkube-manager".into(),
+            identity,
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        })
+    };
+    tracing::info!(versions = ?policy.allowed_versions(), "vkube manager starting");
+    vkube::manager::run(
+        client,
+        vkube::manager::ManagerOptions { policy, lease },
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -297,7 +297,7 @@ async fn sync_up(
     ctx: &Context,
     virt_api: &Api<Pod>,
 ) -> Result<(), SyncError> {
-    let host_status = hpod.status.clone().unwrap_or_default();
+    let host_status = status_for_virtual(hpod.status.clone().unwrap_or_default());
     let host_node = hpod.spec.as_ref().and_then(|s| s.node_name.clone());
     let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
     if let (Some(node), None) = (&host_node, &virtual_node) {
@@ -331,7 +331,7 @@ async fn sync_up(
             Err(e) => return Err(SyncError::Virtual(e)),
         }
     }
-    // Everything the host's kubelet reports is true for the virtual pod as is.
+    // Everything the host's kubelet reports is true for the virtual pod (but the QoS class).
     let want = &host_status;
     if status_differs(vpod.status.as_ref(), want) {
         let patch = serde_json::json!({ "status": want });
@@ -349,6 +349,14 @@ async fn sync_up(
         }
     }
     Ok(())
+}
+
+/// The host pod's status as the virtual pod gets it. The QoS class stays the virtual API
+/// server's own: it derives it from the virtual spec and refuses any change, and the host's can
+/// differ (a LimitRange in the host namespace gives requests to containers that set none).
+pub fn status_for_virtual(mut host: PodStatus) -> PodStatus {
+    host.qos_class = None;
+    host
 }
 
 /// Whether any field the host reports differs from the virtual status.
@@ -388,6 +396,24 @@ mod tests {
         virt.phase = Some("Pending".into());
         assert!(status_differs(Some(&virt), &host));
         assert!(status_differs(None, &host));
+    }
+
+    #[test]
+    fn the_hosts_qos_class_never_reaches_the_virtual_pod() {
+        let host = PodStatus {
+            phase: Some("Running".into()),
+            qos_class: Some("Burstable".into()),
+            ..Default::default()
+        };
+        let want = status_for_virtual(host);
+        assert_eq!(want.qos_class, None);
+        assert_eq!(want.phase.as_deref(), Some("Running"));
+        let virt = PodStatus {
+            phase: Some("Running".into()),
+            qos_class: Some("BestEffort".into()),
+            ..Default::default()
+        };
+        assert!(!status_differs(Some(&virt), &want));
     }
 
     #[test]

@@ -1,0 +1,32 @@
+{{- define "vkube.labels" -}}
+app.kubernetes.io/name: vkube
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end }}
+
+{{- define "vkube.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end }}
+
+{{/* The policy file the manager reads: the values, with each version's image filled in. */}}
+{{- define "vkube.policy" -}}
+{{- $p := deepCopy .Values.policy -}}
+{{- $versions := list -}}
+{{- range .Values.policy.kubernetesVersions -}}
+{{- $versions = append $versions (dict "version" .version "image" (default (include "vkube.image" $) .image)) -}}
+{{- end -}}
+{{- $_ := set $p "kubernetesVersions" $versions -}}
+{{- $_ := set $p "imagePullPolicy" .Values.image.pullPolicy -}}
+{{- if not $p.controlPlane.storageClassName -}}
+{{- $_ := unset $p.controlPlane "storageClassName" -}}
+{{- end -}}
+{{- toYaml $p -}}
+{{- end }}
+
+{{/* The allowed versions as a JSON list (for CEL). */}}
+{{- define "vkube.versions" -}}
+{{- $v := list -}}
+{{- range .Values.policy.kubernetesVersions }}{{ $v = append $v .version }}{{ end -}}
+{{- $v | toJson -}}
+{{- end }}

@@ -1,0 +1,513 @@
+//! The admin's policy (chart values → a YAML file the manager reads) and the checks a
+//! VirtualCluster must pass before anything is created for it. Pure: no I/O.
+//!
+//! The chart's ValidatingAdmissionPolicy refuses the same version and limit violations at
+//! admission time; the manager checks again (the policy may be missing or edited) and is the
+//! only place the per-user count can be checked, since admission cannot count other objects.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ExposureType, PodSecurity, TenantResources, VirtualCluster};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// Clusters one user may own; 0 = no limit.
+    #[serde(default)]
+    pub max_clusters_per_user: u32,
+    /// Allowed Kubernetes versions and the image holding each one's pinned binaries.
+    pub kubernetes_versions: Vec<VersionImage>,
+    /// Used when a cluster names no version; must be one of `kubernetes_versions`.
+    pub default_kubernetes_version: String,
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// The most one tenant may ask for.
+    #[serde(default)]
+    pub max_resources: TenantResources,
+    /// What a tenant gets when it asks for nothing.
+    #[serde(default)]
+    pub default_resources: TenantResources,
+    /// Requests given to tenant containers that set none (a LimitRange), so a quota on
+    /// cpu/memory does not reject them.
+    #[serde(default)]
+    pub container_defaults: ContainerDefaults,
+    #[serde(default)]
+    pub control_plane: ControlPlanePolicy,
+    #[serde(default = "default_exposures")]
+    pub allowed_exposures: Vec<ExposureType>,
+    /// The weakest Pod Security level a tenant may choose; also the host namespace's
+    /// pod-security.kubernetes.io/enforce label.
+    #[serde(default = "default_pod_security")]
+    pub pod_security: PodSecurity,
+    /// Where control planes and tenant pods run.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_exposures() -> Vec<ExposureType> {
+    vec![ExposureType::ClusterIP]
+}
+fn default_pod_security() -> PodSecurity {
+    PodSecurity::Baseline
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VersionImage {
+    pub version: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlanePolicy {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    /// Datastore volume size; the PVC of the control plane's StatefulSet.
+    pub storage: String,
+    /// Empty: the host's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for ControlPlanePolicy {
+    fn default() -> Self {
+        ControlPlanePolicy {
+            cpu_request: "100m".into(),
+            memory_request: "384Mi".into(),
+            memory_limit: "1Gi".into(),
+            storage: "1Gi".into(),
+            storage_class_name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading the policy file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("the policy is inconsistent: {0}")]
+    Invalid(String),
+}
+
+impl Policy {
+    pub fn from_yaml(yaml: &str, path: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy = serde_yaml::from_str(yaml).map_err(|e| PolicyError::Read {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        if self.image_for(&self.default_kubernetes_version).is_none() {
+            return Err(PolicyError::Invalid(format!(
+                "defaultKubernetesVersion {:?} is not in kubernetesVersions",
+                self.default_kubernetes_version
+            )));
+        }
+        for (field, q, kind) in quantities(&self.max_resources)
+            .into_iter()
+            .chain(quantities(&self.default_resources))
+        {
+            parse_quantity(q, kind).map_err(|e| PolicyError::Invalid(format!("{field}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn image_for(&self, version: &str) -> Option<&str> {
+        self.kubernetes_versions
+            .iter()
+            .find(|v| v.version == version)
+            .map(|v| v.image.as_str())
+    }
+
+    pub fn allowed_versions(&self) -> Vec<&str> {
+        self.kubernetes_versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect()
+    }
+}
+
+/// What a VirtualCluster resolves to once the policy's defaults are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub version: String,
+    pub image: String,
+    pub resources: TenantResources,
+    pub pod_security: PodSecurity,
+}
+
+/// Why a cluster is refused; the text is shown to the developer as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub Vec<String>);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused by the admin's policy: {}", self.0.join("; "))
+    }
+}
+
+/// Checks a cluster against the policy. `earlier_of_owner` is how many accepted clusters the same
+/// owner created before this one: counting only earlier ones makes the decision stable (a
+/// cluster accepted once is not refused later because a newer one appeared).
+pub fn check(
+    vc: &VirtualCluster,
+    policy: &Policy,
+    earlier_of_owner: usize,
+) -> Result<Resolved, Refusal> {
+    let mut why = Vec::new();
+    let version = vc
+        .spec
+        .kubernetes_version
+        .clone()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| policy.default_kubernetes_version.clone());
+    let image = policy.image_for(&version).map(str::to_string);
+    if image.is_none() {
+        why.push(format!(
+            "Kubernetes version {version:?} is not allowed (allowed: {})",
+            policy.allowed_versions().join(", ")
+        ));
+    }
+    if policy.max_clusters_per_user > 0 && earlier_of_owner >= policy.max_clusters_per_user as usize
+    {
+        why.push(format!(
+            "you already have {earlier_of_owner} virtual clusters, the most one user may have is {} \
+             (delete one with `vkube delete NAME`)",
+            policy.max_clusters_per_user
+        ));
+    }
+    if !policy.allowed_exposures.contains(&vc.spec.expose.type_) {
+        why.push(format!(
+            "exposure {} is not allowed (allowed: {})",
+            vc.spec.expose.type_.as_str(),
+            policy
+                .allowed_exposures
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if vc.spec.expose.type_ == ExposureType::Ingress && vc.spec.expose.host.is_none() {
+        why.push("exposure Ingress needs expose.host".into());
+    }
+    let resources = with_defaults(&vc.spec.resources, &policy.default_resources);
+    for ((field, asked, kind), (_, max, _)) in quantities_all(&resources)
+        .into_iter()
+        .zip(quantities_all(&policy.max_resources))
+    {
+        let Some(asked) = asked else { continue };
+        let asked_v = match parse_quantity(&asked, kind) {
+            Ok(v) => v,
+            Err(e) => {
+                why.push(format!("resources.{field}: {e}"));
+                continue;
+            }
+        };
+        if let Some(max) = max
+            && let Ok(max_v) = parse_quantity(&max, kind)
+            && asked_v > max_v
+        {
+            why.push(format!(
+                "resources.{field} {asked} is above the admin's maximum {max}"
+            ));
+        }
+    }
+    let pod_security = vc
+        .spec
+        .sync
+        .pod_security
+        .unwrap_or(policy.pod_security)
+        .max(policy.pod_security);
+    if vc
+        .spec
+        .sync
+        .pod_security
+        .is_some_and(|p| p < policy.pod_security)
+    {
+        why.push(format!(
+            "sync.podSecurity {} is weaker than the admin's {}",
+            vc.spec
+                .sync
+                .pod_security
+                .map(PodSecurity::as_str)
+                .unwrap_or_default(),
+            policy.pod_security.as_str()
+        ));
+    }
+    match image {
+        Some(image) if why.is_empty() => Ok(Resolved {
+            version,
+            image,
+            resources,
+            pod_security,
+        }),
+        _ => Err(Refusal(why)),
+    }
+}
+
+fn with_defaults(asked: &TenantResources, defaults: &TenantResources) -> TenantResources {
+    TenantResources {
+        cpu: asked.cpu.clone().or_else(|| defaults.cpu.clone()),
+        memory: asked.memory.clone().or_else(|| defaults.memory.clone()),
+        pods: asked.pods.or(defaults.pods),
+        storage: asked.storage.clone().or_else(|| defaults.storage.clone()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantityKind {
+    Cpu,
+    Bytes,
+    Count,
+}
+
+fn quantities(r: &TenantResources) -> Vec<(&'static str, &str, QuantityKind)> {
+    quantities_ref(r)
+        .into_iter()
+        .filter_map(|(f, q, k)| q.map(|q| (f, q, k)))
+        .collect()
+}
+
+fn quantities_ref(r: &TenantResources) -> [(&'static str, Option<&str>, QuantityKind); 3] {
+    [
+        ("cpu", r.cpu.as_deref(), QuantityKind::Cpu),
+        ("memory", r.memory.as_deref(), QuantityKind::Bytes),
+        ("storage", r.storage.as_deref(), QuantityKind::Bytes),
+    ]
+}
+
+fn quantities_all(r: &TenantResources) -> [(&'static str, Option<String>, QuantityKind); 4] {
+    let [a, b, c] = quantities_ref(r);
+    [
+        (a.0, a.1.map(str::to_string), a.2),
+        (b.0, b.1.map(str::to_string), b.2),
+        (c.0, c.1.map(str::to_string), c.2),
+        ("pods", r.pods.map(|p| p.to_string()), QuantityKind::Count),
+    ]
+}
+
+/// A Kubernetes quantity in a comparable unit: millicores for CPU, bytes otherwise. Supports the
+/// suffixes people write (m, k/M/G/T, Ki/Mi/Gi/Ti) and plain decimals; not exponent notation.
+pub fn parse_quantity(q: &str, kind: QuantityKind) -> Result<u128, String> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let bad = || format!("{q:?} is not a quantity (e.g. 500m, 2, 512Mi, 4Gi)");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.contains('.') || whole.is_empty() && frac.is_empty() {
+        return Err(bad());
+    }
+    // Work in thousandths so "0.5" and "500m" compare equal.
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac3: String = frac.chars().chain("000".chars()).take(3).collect();
+    let frac3: u128 = frac3.parse().map_err(|_| bad())?;
+    let milli = whole * 1000 + frac3;
+    // `milli` thousandths of the number; scale to thousandths of the unit (millicores for CPU).
+    let thousandths = match suffix {
+        "m" => milli / 1000,
+        "" => milli,
+        "k" => milli * 1000,
+        "M" => milli * 1_000_000,
+        "G" => milli * 1_000_000_000,
+        "T" => milli * 1_000_000_000_000,
+        "Ki" => milli * 1024,
+        "Mi" => milli * (1 << 20),
+        "Gi" => milli * (1 << 30),
+        "Ti" => milli * (1 << 40),
+        _ => return Err(bad()),
+    };
+    Ok(match kind {
+        QuantityKind::Cpu => thousandths,
+        // Bytes and counts compare in whole units.
+        QuantityKind::Bytes | QuantityKind::Count => thousandths / 1000,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::VirtualClusterSpec;
+
+    pub(crate) fn policy() -> Policy {
+        Policy::from_yaml(
+            r#"
+maxClustersPerUser: 2
+kubernetesVersions: [{version: "1.35", image: "localhost/vkube/vkube:dev"}]
+defaultKubernetesVersion: "1.35"
+maxResources: {cpu: "4", memory: 8Gi, pods: 50, storage: 20Gi}
+defaultResources: {cpu: "1", memory: 2Gi, pods: 20}
+placement:
+  nodeSelector: {vkube.dev/node-type: real}
+  tolerations: [{key: vkube.dev/real-node, operator: Exists, effect: NoSchedule}]
+"#,
+            "test",
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn vc(name: &str, spec: VirtualClusterSpec) -> VirtualCluster {
+        let mut vc = VirtualCluster::new(name, spec);
+        vc.metadata.annotations = Some(
+            [(
+                crate::api::OWNER_ANNOTATION.to_string(),
+                "alice".to_string(),
+            )]
+            .into(),
+        );
+        vc.metadata.uid = Some("uid-1".into());
+        vc
+    }
+
+    #[test]
+    fn quantities_compare_across_suffixes() {
+        use QuantityKind::*;
+        assert_eq!(parse_quantity("500m", Cpu), parse_quantity("0.5", Cpu));
+        assert_eq!(parse_quantity("2", Cpu), Ok(2000));
+        assert_eq!(parse_quantity("1Gi", Bytes), Ok(1 << 30));
+        assert_eq!(parse_quantity("1G", Bytes), Ok(1_000_000_000));
+        assert_eq!(parse_quantity("1.5Gi", Bytes), Ok(3 << 29));
+        for bad in ["", "Gi", "1.2.3", "1x", "-1", "1e3"] {
+            assert!(parse_quantity(bad, Bytes).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_applied_and_checked() {
+        let r = check(&vc("a", Default::default()), &policy(), 0).unwrap();
+        assert_eq!(r.version, "1.35");
+        assert_eq!(r.image, "localhost/vkube/vkube:dev");
+        assert_eq!(r.resources.cpu.as_deref(), Some("1"));
+        assert_eq!(r.resources.pods, Some(20));
+        assert_eq!(r.pod_security, PodSecurity::Baseline);
+    }
+
+    #[test]
+    fn what_the_policy_forbids_is_refused_with_every_reason() {
+        let spec = VirtualClusterSpec {
+            kubernetes_version: Some("1.20".into()),
+            resources: TenantResources {
+                cpu: Some("8".into()),
+                memory: Some("9Gi".into()),
+                pods: Some(51),
+                storage: None,
+            },
+            expose: crate::api::Exposure {
+                type_: ExposureType::LoadBalancer,
+                host: None,
+            },
+            ..Default::default()
+        };
+        let Refusal(why) = check(&vc("a", spec), &policy(), 2).unwrap_err();
+        let text = why.join("\n");
+        assert!(
+            text.contains("version \"1.20\" is not allowed (allowed: 1.35)"),
+            "{text}"
+        );
+        assert!(text.contains("the most one user may have is 2"), "{text}");
+        assert!(
+            text.contains("resources.cpu 8 is above the admin's maximum 4"),
+            "{text}"
+        );
+        assert!(text.contains("resources.memory 9Gi"), "{text}");
+        assert!(text.contains("resources.pods 51"), "{text}");
+        assert!(
+            text.contains("exposure LoadBalancer is not allowed"),
+            "{text}"
+        );
+        assert_eq!(why.len(), 6);
+    }
+
+    #[test]
+    fn limits_at_the_maximum_and_one_cluster_below_the_count_pass() {
+        let spec = VirtualClusterSpec {
+            resources: TenantResources {
+                cpu: Some("4000m".into()),
+                memory: Some("8Gi".into()),
+                pods: Some(50),
+                storage: Some("20Gi".into()),
+            },
+            ..Default::default()
+        };
+        assert!(check(&vc("a", spec), &policy(), 1).is_ok());
+    }
+
+    #[test]
+    fn a_weaker_pod_security_than_the_admins_is_refused() {
+        let mut p = policy();
+        p.pod_security = PodSecurity::Restricted;
+        let mut spec = VirtualClusterSpec::default();
+        spec.sync.pod_security = Some(PodSecurity::Baseline);
+        assert!(check(&vc("a", spec), &p, 0).is_err());
+        let r = check(&vc("a", Default::default()), &p, 0).unwrap();
+        assert_eq!(r.pod_security, PodSecurity::Restricted);
+    }
+
+    /// The chart's default policy values, as its helper renders them (image filled in, empty
+    /// storage class dropped), are a policy the manager accepts.
+    #[test]
+    fn the_charts_default_policy_is_valid() {
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../charts/vkube/values.yaml")).unwrap();
+        let mut policy = values["policy"].clone();
+        for v in policy["kubernetesVersions"].as_sequence_mut().unwrap() {
+            v["image"] = "localhost/vkube/vkube:dev".into();
+        }
+        policy["imagePullPolicy"] = "IfNotPresent".into();
+        if let Some(cp) = policy["controlPlane"].as_mapping_mut() {
+            cp.remove("storageClassName");
+        }
+        let p = Policy::from_yaml(&serde_yaml::to_string(&policy).unwrap(), "values").unwrap();
+        assert_eq!(p.allowed_versions(), ["1.35"]);
+        assert!(check(&vc("a", Default::default()), &p, 0).is_ok());
+    }
+
+    #[test]
+    fn an_inconsistent_policy_is_rejected() {
+        let err = Policy::from_yaml(
+            "kubernetesVersions: [{version: '1.35', image: x}]\ndefaultKubernetesVersion: '1.34'\n",
+            "p",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("defaultKubernetesVersion"));
+        assert!(Policy::from_yaml("bogus: 1\n", "p").is_err());
+    }
+}
