@@ -447,6 +447,63 @@ pub fn owner_grants(vc: &VirtualCluster) -> Option<(Value, Value)> {
 
 #[cfg(test)]
 mod tests {
+    /// RBAC lets the manager grant only rights it holds: its ClusterRole in the chart must cover
+    /// every rule of the syncer's Role, or every new cluster fails with "attempting to grant".
+    #[test]
+    fn the_managers_cluster_role_covers_the_syncers_role() {
+        let chart = include_str!("../../charts/vkube/templates/manager.yaml");
+        // The ClusterRole document, without its template lines (labels).
+        let doc = chart
+            .split("\n---")
+            .find(|d| d.contains("\nkind: ClusterRole\n"))
+            .unwrap();
+        let plain: String = doc
+            .lines()
+            .filter(|l| !l.contains("{{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let role: Value = serde_yaml::from_str(&plain).unwrap();
+        let held: Vec<(String, String, String)> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                let strs = |k: &str| -> Vec<String> {
+                    r[k].as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect()
+                };
+                let (groups, resources, verbs) =
+                    (strs("apiGroups"), strs("resources"), strs("verbs"));
+                let mut out = vec![];
+                for g in &groups {
+                    for res in &resources {
+                        for v in &verbs {
+                            out.push((g.clone(), res.clone(), v.clone()));
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        for rule in syncer_rules().unwrap().as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for res in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        let want = (
+                            g.as_str().unwrap().to_string(),
+                            res.as_str().unwrap().to_string(),
+                            v.as_str().unwrap().to_string(),
+                        );
+                        assert!(held.contains(&want), "the manager cannot grant {want:?}");
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use crate::manager::policy::{check, tests::policy, tests::vc};
     use k8s_openapi::api::apps::v1::StatefulSet;
