@@ -432,6 +432,44 @@ fn a_developer_creates_uses_pauses_resumes_and_deletes_a_virtual_cluster() {
     );
     assert!(out.status.success(), "kubectl exec: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    // The pod's in-cluster API and cluster DNS are its virtual cluster's, served by the
+    // control plane through its Service.
+    let host_ip = |svc: &str| {
+        common::kubectl_ok(
+            &admin(),
+            &[
+                "get",
+                "service",
+                svc,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        )
+    };
+    let api_ip = host_ip(&format!("vkube-{name}"));
+    let web_ip = host_ip(&format!("web-x-default-x-{name}"));
+    let out = alice.kubectl(
+        &[
+            "exec",
+            "deploy/web",
+            "--",
+            "sh",
+            "-c",
+            "echo api=$KUBERNETES_SERVICE_HOST; nslookup web.default.svc.cluster.local",
+        ],
+        None,
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("api={api_ip}")), "{}", text(&out));
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("Address") && l.contains(&web_ip)),
+        "nslookup should answer the host ClusterIP {web_ip}: {}",
+        text(&out)
+    );
     // Idle memory of the tenant on the host: the kubelet's stats of every pod in its namespace,
     // once both pods have been measured and the control plane has settled.
     std::thread::sleep(Duration::from_secs(20));
