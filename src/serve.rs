@@ -138,7 +138,7 @@ pub async fn run(
                 None if listen_addr.ip().is_unspecified() => SocketAddr::new(ip, 0),
                 None => dns_at(0),
             };
-            let socket = bind_dns(addr)?;
+            let socket = crate::dns::server::bind_std(addr)?;
             let dns_port = socket.local_addr().map(|a| a.port()).ok();
             dns_socket = Some(socket);
             Some(crate::host::Advertised {
@@ -153,7 +153,7 @@ pub async fn run(
     if dns_socket.is_none()
         && let Some(port) = api_service.as_ref().and_then(|s| s.dns_target_port)
     {
-        dns_socket = Some(bind_dns(dns_at(port))?);
+        dns_socket = Some(crate::dns::server::bind_std(dns_at(port))?);
     }
     let api_endpoint = api_service.map(|s| s.endpoint);
     if let Some(ep) = &api_endpoint {
@@ -258,13 +258,14 @@ pub async fn run(
         }
         .into());
     }
+    let tenant = Tenant {
+        name: opts.name.clone(),
+        host_namespace: namespace.clone(),
+    };
     let pod_router = crate::proxy::pods::PodRouter {
         virt: virt_client.clone(),
         host: host.clone(),
-        tenant: Tenant {
-            name: opts.name.clone(),
-            host_namespace: namespace.clone(),
-        },
+        tenant: tenant.clone(),
     };
     let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router) {
         Ok(c) => c,
@@ -315,10 +316,7 @@ pub async fn run(
             pod_security: o.pod_security,
             api_endpoint: api_endpoint.clone(),
             cluster_dns: cluster_dns.clone(),
-            ..SyncerConfig::new(Tenant {
-                name: opts.name.clone(),
-                host_namespace: namespace.clone(),
-            })
+            ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();
         tokio::spawn(syncer::run(virt, host.clone(), config, async move {
@@ -327,10 +325,6 @@ pub async fn run(
     });
     let dns_task = match dns_socket {
         Some(socket) => {
-            let tenant = Tenant {
-                name: opts.name.clone(),
-                host_namespace: namespace.clone(),
-            };
             let (catalog, drivers) = crate::dns::catalog::StoreCatalog::new(
                 virt_client.clone(),
                 host.clone(),
@@ -467,10 +461,6 @@ async fn publish_kubeconfig(
     }
     store.put_kubeconfig(&yaml).await?;
     Ok(())
-}
-
-fn bind_dns(addr: SocketAddr) -> Result<std::net::UdpSocket, ServeError> {
-    Ok(crate::dns::server::bind_std(addr)?)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {

@@ -27,7 +27,7 @@ pub enum ProxyBenchError {
     Forward(String),
 }
 
-fn api(what: &'static str) -> impl Fn(kube::Error) -> ProxyBenchError {
+fn api_error(what: &'static str) -> impl Fn(kube::Error) -> ProxyBenchError {
     move |e| ProxyBenchError::Api(what, e)
 }
 
@@ -154,7 +154,7 @@ pub async fn run(b: &ProxyBench) -> Result<Report, ProxyBenchError> {
     namespaces
         .create(&PostParams::default(), &ns)
         .await
-        .map_err(api("create namespace"))?;
+        .map_err(api_error("create namespace"))?;
     let result = run_in(b, &ns_name).await;
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
     result
@@ -177,7 +177,7 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
                 pods.create(&PostParams::default(), &bench_pod(i))
                     .await
                     .map(|_| ())
-                    .map_err(api("create pod"))
+                    .map_err(api_error("create pod"))
             }
         },
         &mut Samples::default(),
@@ -201,7 +201,12 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
                 b.concurrency,
                 |_| {
                     let api = api.clone();
-                    async move { api.get("bench-0").await.map(|_| ()).map_err(api_err("get")) }
+                    async move {
+                        api.get("bench-0")
+                            .await
+                            .map(|_| ())
+                            .map_err(api_error("get"))
+                    }
                 },
                 &mut get[i],
             )
@@ -223,7 +228,7 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
                     let api = api.clone();
                     async move {
                         let l = api.list(&ListParams::default()).await;
-                        l.map(|_| ()).map_err(api_err("list"))
+                        l.map(|_| ()).map_err(api_error("list"))
                     }
                 },
                 &mut list[i],
@@ -246,10 +251,10 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
                     let api = api.clone();
                     let name = format!("small-{side}-{round}-{n}");
                     async move {
-                        api.create(&PostParams::default(), &small_configmap(&name))
+                        api.create(&PostParams::default(), &small_configmap(&name, "small"))
                             .await
                             .map(|_| ())
-                            .map_err(api_err("create"))
+                            .map_err(api_error("create"))
                     }
                 },
                 &mut create[i],
@@ -264,7 +269,7 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
     let from = cms
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(api("list"))?
+        .map_err(api_error("list"))?
         .metadata
         .resource_version
         .unwrap_or_default();
@@ -276,11 +281,11 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
             async move {
                 cms.create(
                     &PostParams::default(),
-                    &small_configmap(&format!("watched-{n}")),
+                    &small_configmap(&format!("watched-{n}"), "watched"),
                 )
                 .await
                 .map(|_| ())
-                .map_err(api("create"))
+                .map_err(api_error("create"))
             }
         },
         &mut Samples::default(),
@@ -295,7 +300,7 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
             let mut events = watched
                 .watch(&params, &from)
                 .await
-                .map_err(api("watch"))?
+                .map_err(api_error("watch"))?
                 .boxed();
             let mut seen = 0;
             let deadline = tokio::time::sleep(Duration::from_secs(120));
@@ -335,10 +340,6 @@ async fn run_in(b: &ProxyBench, ns: &str) -> Result<Report, ProxyBenchError> {
     })
 }
 
-fn api_err(what: &'static str) -> impl Fn(kube::Error) -> ProxyBenchError {
-    api(what)
-}
-
 async fn wait_for_default_service_account(
     client: &kube::Client,
     ns: &str,
@@ -348,7 +349,7 @@ async fn wait_for_default_service_account(
         if sas
             .get_opt("default")
             .await
-            .map_err(api("get serviceaccount"))?
+            .map_err(api_error("get serviceaccount"))?
             .is_some()
         {
             return Ok(());
@@ -364,7 +365,7 @@ async fn wait_running(pods: &Api<Pod>, n: usize) -> Result<(), ProxyBenchError> 
         let list = pods
             .list(&ListParams::default())
             .await
-            .map_err(api("list"))?;
+            .map_err(api_error("list"))?;
         let running = list
             .items
             .iter()
@@ -387,12 +388,7 @@ fn bench_pod(i: usize) -> Pod {
     .unwrap_or_default()
 }
 
-fn small_configmap(name: &str) -> ConfigMap {
-    let label = if name.starts_with("watched-") {
-        "watched"
-    } else {
-        "small"
-    };
+fn small_configmap(name: &str, label: &str) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -409,7 +405,7 @@ async fn echo_through(api: &Api<Pod>, pod: &str, mib: usize) -> Result<Duration,
     let mut pf = api
         .portforward(pod, &[8080])
         .await
-        .map_err(api_err("portforward"))?;
+        .map_err(api_error("portforward"))?;
     let stream = pf
         .take_stream(8080)
         .ok_or_else(|| ProxyBenchError::Forward("no stream for port 8080".into()))?;

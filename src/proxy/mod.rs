@@ -182,7 +182,17 @@ pub(crate) fn full(body: impl Into<Bytes>) -> ProxyBody {
 
 /// A Kubernetes `Status` response, as the API server itself would send.
 pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
+    status_with_details(code, reason, message, None)
+}
+
+/// A `Status` naming the object it is about (`details`), as the API server sends for objects.
+pub(crate) fn status_with_details(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    details: Option<serde_json::Value>,
+) -> Response<ProxyBody> {
+    let mut body = serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -191,6 +201,9 @@ pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Respons
         "reason": reason,
         "code": code.as_u16(),
     });
+    if let Some(d) = details {
+        body["details"] = d;
+    }
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = code;
     resp.headers_mut().insert(

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
 use super::identity::{self, Identity};
-use super::{ProxyBody, full, spawn_tunnel, status_response};
+use super::{ProxyBody, full, spawn_tunnel, status_response, status_with_details};
 use crate::translate::{Tenant, VIRTUAL_UID};
 
 /// Request bodies of these subresources are empty (the streams follow the upgrade); anything
@@ -301,23 +301,8 @@ fn review_failed(e: kube::Error) -> Response<ProxyBody> {
 }
 
 fn pod_status(code: StatusCode, reason: &str, message: &str, name: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "details": {"name": name, "kind": "pods"},
-        "code": code.as_u16(),
-    });
-    let mut resp = Response::new(full(body.to_string()));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
+    let details = serde_json::json!({"name": name, "kind": "pods"});
+    status_with_details(code, reason, message, Some(details))
 }
 
 /// Serves host-routed requests of one tenant.
