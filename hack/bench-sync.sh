@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Syncer throughput, latency, CPU and memory, against direct host creates in the same run.
 #
-#   hack/bench-sync.sh [PODS] [-- extra `vkube bench sync` flags, e.g. --rate 200]
+#   hack/bench-sync.sh [PODS] [--split-cpus] [-- extra `vkube bench sync` flags, e.g. --rate 200]
 #
 # Starts its own host cluster (enough kwok nodes for PODS) and one virtual cluster, runs
-# `vkube bench sync`, prints a table and writes JSON to .cache/bench/sync-PODS[-MODE].json.
+# `vkube bench sync`, prints a table and writes JSON to .cache/bench/sync-PODS-MODE[-split].json.
+#
+# --split-cpus pins the host control plane (etcd, kube-apiserver, scheduler, controller-manager,
+# kwok) to CPU 0 and `vkube serve` with the virtual control plane to CPU 1, as in a real cluster
+# where the host's control plane runs on its own machines and a tenant's in a pod on a worker.
+# Without it everything shares every CPU (harsher on vkube: the baseline never pays for a
+# second control plane).
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HACK_DIR/.." && pwd)"
 source "$HACK_DIR/versions.sh"
 PODS="${1:-1000}"; shift || true
+SPLIT=""
+[[ "${1:-}" == "--split-cpus" ]] && { SPLIT=1; shift; }
 [[ "${1:-}" == "--" ]] && shift
 EXTRA=("$@")
 MODE=burst; for a in "${EXTRA[@]}"; do [[ "$a" == "--rate" ]] && MODE=paced; done
+if [[ -n "$SPLIT" ]]; then
+  (( $(nproc) >= 2 )) || { echo "--split-cpus needs at least 2 CPUs" >&2; exit 2; }
+  command -v taskset >/dev/null || { echo "--split-cpus needs taskset (util-linux)" >&2; exit 2; }
+  MODE="$MODE-split"
+fi
 OUT_DIR="$ROOT/.cache/bench"; mkdir -p "$OUT_DIR"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/vkube-bench-sync.XXXXXX")"
 cleanup() {
@@ -27,8 +40,13 @@ BIN="$("$HACK_DIR/build-components.sh")"
 VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
 NODES=$(( PODS / 100 + 3 ))
 HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$NODES")"
+SERVE_CPUS=()
+if [[ -n "$SPLIT" ]]; then
+  for pid in $(pgrep -f -- "$WORK/host"); do taskset -a -p -c 0 "$pid" >/dev/null; done
+  SERVE_CPUS=(taskset -c 1)
+fi
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"$VKUBE" serve --name bench --host-kubeconfig "$HOST_KUBECONFIG" --create-namespace \
+"${SERVE_CPUS[@]}" "$VKUBE" serve --name bench --host-kubeconfig "$HOST_KUBECONFIG" --create-namespace \
   --bin-dir "$BIN" --data-dir "$WORK/vc" --listen "127.0.0.1:$PORT" \
   --kubeconfig-out "$WORK/kubeconfig" > "$WORK/serve.log" 2>&1 &
 SERVE_PID=$!

@@ -7,6 +7,7 @@
 //! pod Running. Throughput is pods divided by the time from the first create to the last pod
 //! seen, for the syncer and the baseline alike.
 
+pub mod procs;
 pub mod proxy;
 pub mod stats;
 
@@ -43,6 +44,9 @@ pub struct SyncBench {
     pub host_namespace: String,
     /// Pid of `vkube serve`, for its CPU time and peak memory.
     pub serve_pid: Option<u32>,
+    /// A string in the command line of every host control-plane process (its directory), to
+    /// account their CPU time.
+    pub host_marker: Option<String>,
     pub timeout: Duration,
     pub skip_baseline: bool,
 }
@@ -55,8 +59,27 @@ pub struct Phase {
     pub create_call: stats::Summary,
     /// Virtual create → host pod seen (syncer) or create → pod seen (baseline).
     pub to_host: stats::Summary,
+    /// Syncer phase: virtual create → the virtual API's watch reports it (the part of `to_host`
+    /// before the syncer can act).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_virtual_watch: Option<stats::Summary>,
     /// Virtual create → virtual pod Running (syncer) or create → pod Running (baseline).
     pub to_running: stats::Summary,
+    /// CPU seconds per component from the first create until every pod ran.
+    pub cpu_seconds: Vec<ComponentCpu>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentCpu {
+    pub component: String,
+    pub seconds: f64,
+}
+
+fn cpu_between(before: &procs::Snapshot, after: &procs::Snapshot) -> Vec<ComponentCpu> {
+    procs::spent(before, after)
+        .into_iter()
+        .map(|(component, seconds)| ComponentCpu { component, seconds })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +121,9 @@ struct Marks {
     sent: HashMap<String, Instant>,
     created: HashMap<String, f64>,
     seen: HashMap<String, Instant>,
+    /// Syncer phase: when the virtual API's watch reported the new pod (what the syncer waits
+    /// for before it can act).
+    in_virtual_watch: HashMap<String, Instant>,
     running: HashMap<String, Instant>,
 }
 
@@ -107,13 +133,19 @@ fn running(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    Host,
+    Virtual,
+}
+
 /// Watches `api` and records, per logical name, when it was first seen and first Running.
 fn track(
     api: Api<Pod>,
     wc: watcher::Config,
     marks: SharedMarks,
     name_of: fn(&Pod) -> Option<String>,
-    record_seen: bool,
+    seen_on: Side,
     record_running: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -123,9 +155,11 @@ fn track(
             let Some(name) = name_of(&p) else { continue };
             let now = Instant::now();
             if let Ok(mut m) = marks.lock() {
-                if record_seen {
-                    m.seen.entry(name.clone()).or_insert(now);
-                }
+                let seen = match seen_on {
+                    Side::Host => &mut m.seen,
+                    Side::Virtual => &mut m.in_virtual_watch,
+                };
+                seen.entry(name.clone()).or_insert(now);
                 if record_running && running(&p) {
                     m.running.entry(name).or_insert(now);
                 }
@@ -217,7 +251,10 @@ fn phase(marks: &SharedMarks, n: usize) -> Phase {
             pods_per_second: ((n as f64 / to_host_seconds) * 10.0).round() / 10.0,
             create_call: stats::summarize(&m.created.values().copied().collect::<Vec<_>>()),
             to_host: stats::summarize(&lat(&m.seen)),
+            to_virtual_watch: (!m.in_virtual_watch.is_empty())
+                .then(|| stats::summarize(&lat(&m.in_virtual_watch))),
             to_running: stats::summarize(&lat(&m.running)),
+            cpu_seconds: Vec::new(),
         }
     });
     m.unwrap_or_else(|_| Phase {
@@ -226,7 +263,9 @@ fn phase(marks: &SharedMarks, n: usize) -> Phase {
         pods_per_second: f64::NAN,
         create_call: stats::summarize(&[]),
         to_host: stats::summarize(&[]),
+        to_virtual_watch: None,
         to_running: stats::summarize(&[]),
+        cpu_seconds: Vec::new(),
     })
 }
 
@@ -269,6 +308,13 @@ fn own_name(p: &Pod) -> Option<String> {
 
 const BENCH_NAMESPACE: &str = "vkube-bench";
 const BASELINE_LABEL: &str = "vkube.dev/bench";
+
+fn scope(bench: &SyncBench) -> procs::Scope {
+    procs::Scope {
+        serve_pid: bench.serve_pid,
+        host_marker: bench.host_marker.clone(),
+    }
+}
 
 /// Runs the baseline (if enabled) and the syncer phase and returns the report.
 pub async fn run(
@@ -318,7 +364,7 @@ pub async fn run(
         host_wc,
         marks.clone(),
         host_origin,
-        true,
+        Side::Host,
         false,
     );
     let virt_watch = track(
@@ -326,17 +372,21 @@ pub async fn run(
         watcher::Config::default(),
         marks.clone(),
         own_name,
-        false,
+        Side::Virtual,
         true,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let scope = scope(bench);
+    let cpu_before = procs::snapshot(&scope);
     create_all(&vpods, &names, None, bench.concurrency, bench.rate, &marks)
         .await
         .map_err(BenchError::Virtual)?;
     let done = wait_done(&marks, bench.pods, bench.timeout).await;
+    let cpu_after = procs::snapshot(&scope);
     host_watch.abort();
     virt_watch.abort();
-    let syncer = phase(&marks, bench.pods);
+    let mut syncer = phase(&marks, bench.pods);
+    syncer.cpu_seconds = cpu_between(&cpu_before, &cpu_after);
     let after = bench.serve_pid.and_then(process_usage);
     // Clean up: deleting the namespace removes the pods on both sides.
     let _ = vns.delete(BENCH_NAMESPACE, &DeleteParams::default()).await;
@@ -399,10 +449,12 @@ async fn baseline(
         watcher::Config::default().labels(&format!("{BASELINE_LABEL}=baseline")),
         marks.clone(),
         own_name,
-        true,
+        Side::Host,
         true,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let scope = scope(bench);
+    let cpu_before = procs::snapshot(&scope);
     create_all(
         &api,
         names,
@@ -414,8 +466,10 @@ async fn baseline(
     .await
     .map_err(BenchError::Host)?;
     let done = wait_done(&marks, names.len(), bench.timeout).await;
+    let cpu_after = procs::snapshot(&scope);
     watch.abort();
-    let result = phase(&marks, names.len());
+    let mut result = phase(&marks, names.len());
+    result.cpu_seconds = cpu_between(&cpu_before, &cpu_after);
     // Delete and wait, so the syncer phase does not compete with the cleanup.
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     for _ in 0..600 {
@@ -454,10 +508,31 @@ pub fn table(r: &Report) -> String {
         out.push_str(&row("baseline", b));
     }
     out.push_str(&row("syncer", &r.syncer));
+    if let Some(w) = &r.syncer.to_virtual_watch {
+        out.push_str(&format!(
+            "syncer: virtual create → virtual watch event p50/p90/p99 {:.0}/{:.0}/{:.0} ms\n",
+            w.p50_ms, w.p90_ms, w.p99_ms
+        ));
+    }
     if let Some(ratio) = r.throughput_ratio {
         out.push_str(&format!(
             "throughput ratio (syncer / direct host creates): {ratio:.2}\n"
         ));
+    }
+    let cpu_row = |name: &str, p: &Phase| {
+        let parts: Vec<String> = p
+            .cpu_seconds
+            .iter()
+            .map(|c| format!("{} {:.1}", c.component, c.seconds))
+            .collect();
+        let total: f64 = p.cpu_seconds.iter().map(|c| c.seconds).sum();
+        format!("{name} CPU s: {total:.1} = {}\n", parts.join(", "))
+    };
+    if let Some(b) = r.baseline.as_ref().filter(|b| !b.cpu_seconds.is_empty()) {
+        out.push_str(&cpu_row("baseline", b));
+    }
+    if !r.syncer.cpu_seconds.is_empty() {
+        out.push_str(&cpu_row("syncer", &r.syncer));
     }
     if let (Some(cpu), Some(peak)) = (r.serve_cpu_seconds, r.serve_peak_rss_mib) {
         out.push_str(&format!(

@@ -469,6 +469,13 @@ async fn bench_sync_command(args: BenchSyncArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| host::default_namespace(&args.name)),
         vcluster: args.name,
         serve_pid: args.serve_pid,
+        // The host cluster's processes all name its directory (where the kubeconfig lives).
+        host_marker: args
+            .host
+            .host_kubeconfig
+            .as_deref()
+            .and_then(|k| k.parent())
+            .map(|d| d.display().to_string()),
         timeout: Duration::from_secs(args.timeout_seconds),
         skip_baseline: args.skip_baseline,
     };

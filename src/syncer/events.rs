@@ -109,7 +109,12 @@ pub fn forwarder(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
                 ev = events.next() => {
                     let Some(ev) = ev else { break };
                     let Ok(ev) = ev else { continue };
-                    if is_new(&ev, started) && !forward(&ctx, &ev).await {
+                    if !is_new(&ev, started) {
+                        continue;
+                    }
+                    // Copied events are the least urgent writes: host creates go first.
+                    ctx.backlog.drained_or(super::pods::REPORT_HOLD).await;
+                    if !forward(&ctx, &ev).await {
                         waiting.push((ev, 0));
                     }
                 }

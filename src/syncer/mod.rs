@@ -8,6 +8,7 @@
 //! everything else in the host namespace is invisible to, and never touched by, the syncer.
 
 pub mod apply;
+pub mod backlog;
 pub mod configmaps;
 pub mod endpoints;
 pub mod endpointslices;
@@ -145,6 +146,9 @@ pub struct Context {
     /// Virtual Services (namespace, name) being re-created with the host's cluster IP: briefly
     /// absent from the virtual API, but their host copies are not orphans.
     pub recreating: Mutex<HashSet<(String, String)>>,
+    /// Virtual pods the syncer has not tried to create on the host yet.
+    pub backlog: Arc<backlog::Backlog>,
+    pub bindings: Arc<pods::PendingBindings>,
 }
 
 impl Context {
@@ -423,6 +427,42 @@ pub async fn run(
     let (slice_requeue, slice_requeue_rx) = unbounded::<ObjectRef<EndpointSlice>>();
 
     // A pod's references re-trigger the configmaps and secrets it uses.
+    // New virtual pods join the backlog the moment the watch reports them; bound ones leave
+    // the pending bindings.
+    let pod_backlog = Arc::new(backlog::Backlog::default());
+    let bindings = Arc::new(pods::PendingBindings::default());
+    let waiting_pods: Hook<Pod> = {
+        let backlog = pod_backlog.clone();
+        let bindings = bindings.clone();
+        Box::new(move |ev| {
+            let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+            let ns_name = |p: &Pod| {
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            };
+            match ev {
+                watcher::Event::Delete(p) => {
+                    let (ns, name) = ns_name(p);
+                    backlog.remove(&ns, &name);
+                    bindings.forget(&uid(p));
+                }
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p)
+                    if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) =>
+                {
+                    bindings.forget(&uid(p));
+                }
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p)
+                    if pods::awaits_host_pod(p) =>
+                {
+                    let (ns, name) = ns_name(p);
+                    backlog.add(&ns, &name);
+                }
+                _ => {}
+            }
+        })
+    };
     let references: Hook<Pod> = {
         let (cm_requeue, secret_requeue) = (cm_requeue.clone(), secret_requeue.clone());
         Box::new(move |ev| {
@@ -442,7 +482,7 @@ pub async fn run(
     let (virtual_pods, r1, d1) = watched_store(
         Api::<Pod>::all(virt.clone()),
         all.clone(),
-        vec![main_trigger(pod_main, gc.clone()), references],
+        vec![waiting_pods, main_trigger(pod_main, gc.clone()), references],
     );
     let (host_pods, r2, d2) = watched_store_with(
         Api::<Pod>::namespaced(host.clone(), &host_ns),
@@ -613,6 +653,8 @@ pub async fn run(
         ready,
         gc_trigger: gc.clone(),
         recreating: Mutex::new(HashSet::new()),
+        backlog: pod_backlog,
+        bindings,
     });
 
     let mut tasks = tokio::task::JoinSet::new();

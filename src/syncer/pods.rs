@@ -48,11 +48,22 @@ pub fn status_controller(
 #[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
 async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
+    // Reporting back waits while pods still wait for their host pod (bounded); then both
+    // sides are read afresh, as they may have moved on meanwhile.
+    ctx.backlog.drained_or(REPORT_HOLD).await;
+    let tenant = ctx.tenant();
+    let (ns, name) = (vpod.namespace().unwrap_or_default(), vpod.name_any());
+    let Some(vpod) = ctx
+        .stores
+        .virtual_pods
+        .get(&ObjectRef::new(&name).within(&ns))
+    else {
+        return Ok(Action::await_change());
+    };
     if vpod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let tenant = ctx.tenant();
-    let host_name = tenant.label_name(&vpod.namespace().unwrap_or_default(), &vpod.name_any());
+    let host_name = tenant.label_name(&ns, &name);
     let Some(h) = ctx
         .stores
         .host_pods
@@ -63,10 +74,17 @@ async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, S
     if origin(&h.metadata).and_then(|o| o.uid) != vpod.metadata.uid {
         return Ok(Action::await_change());
     }
-    let virt_api: Api<Pod> =
-        Api::namespaced(ctx.virt.clone(), &vpod.namespace().unwrap_or_default());
+    let virt_api: Api<Pod> = Api::namespaced(ctx.virt.clone(), &ns);
     sync_up(&vpod, &h, &ctx, &virt_api).await?;
     Ok(Action::await_change())
+}
+
+/// The longest a binding or status write waits for pending host creates.
+pub const REPORT_HOLD: Duration = Duration::from_secs(2);
+
+/// A virtual pod whose host pod the syncer still has to create (as far as the pod shows).
+pub fn awaits_host_pod(vpod: &Pod) -> bool {
+    vpod.metadata.deletion_timestamp.is_none() && !was_on_host(vpod)
 }
 
 fn uid_precondition(uid: Option<String>) -> DeleteParams {
@@ -86,8 +104,27 @@ fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-#[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
 async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+    let (ns, name) = (vpod.namespace().unwrap_or_default(), vpod.name_any());
+    let queued = ctx.backlog.waited(&ns, &name);
+    let started = std::time::Instant::now();
+    let result = reconcile_pod(vpod, ctx.clone()).await;
+    if let Some(q) = queued {
+        // Where create latency goes: waiting for a worker, or the host's create call.
+        tracing::debug!(
+            pod = %format!("{ns}/{name}"),
+            queued_ms = q.as_millis() as u64,
+            reconcile_ms = started.elapsed().as_millis() as u64,
+            "first reconcile"
+        );
+    }
+    // Tried once, whatever came of it: the pod no longer holds back status reports.
+    ctx.backlog.remove(&ns, &name);
+    result
+}
+
+#[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
+async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
     let tenant = ctx.tenant();
     let ns = vpod.namespace().unwrap_or_default();
@@ -300,7 +337,9 @@ async fn sync_up(
     let host_status = status_for_virtual(hpod.status.clone().unwrap_or_default());
     let host_node = hpod.spec.as_ref().and_then(|s| s.node_name.clone());
     let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
-    if let (Some(node), None) = (&host_node, &virtual_node) {
+    let uid = vpod.metadata.uid.clone().unwrap_or_default();
+    let mut just_bound = virtual_node.is_none() && ctx.bindings.pending(&uid);
+    if let (Some(node), None, false) = (&host_node, &virtual_node, just_bound) {
         nodes::ensure_virtual_node(ctx, node, host_status.host_ip.as_deref()).await?;
         let binding = Binding {
             metadata: ObjectMeta {
@@ -330,10 +369,16 @@ async fn sync_up(
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
             Err(e) => return Err(SyncError::Virtual(e)),
         }
+        ctx.bindings.mark(&uid);
+        just_bound = true;
     }
     // Everything the host's kubelet reports is true for the virtual pod (but the QoS class).
     let want = &host_status;
-    if status_differs(vpod.status.as_ref(), want) {
+    let have = match (just_bound, vpod.status.clone()) {
+        (true, status) => Some(bound(status.unwrap_or_default())),
+        (false, status) => status,
+    };
+    if status_differs(have.as_ref(), want) {
         let patch = serde_json::json!({ "status": want });
         match virt_api
             .patch_status(
@@ -351,6 +396,42 @@ async fn sync_up(
     Ok(())
 }
 
+/// Pods (by uid) bound by the syncer whose binding the virtual watch has not reported yet: the
+/// cache still shows them unbound, and binding again would only earn a conflict.
+#[derive(Default)]
+pub struct PendingBindings(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl PendingBindings {
+    pub fn mark(&self, uid: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(uid.to_string());
+        }
+    }
+
+    pub fn pending(&self, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(uid))
+    }
+
+    /// The watch shows the pod bound, or it is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(uid);
+        }
+    }
+}
+
+/// A pod's status as a binding leaves it: `PodScheduled` true, as the API server sets it.
+fn bound(mut status: PodStatus) -> PodStatus {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    conditions.retain(|c| c.type_ != "PodScheduled");
+    conditions.push(k8s_openapi::api::core::v1::PodCondition {
+        type_: "PodScheduled".into(),
+        status: "True".into(),
+        ..Default::default()
+    });
+    status
+}
+
 /// The host pod's status as the virtual pod gets it. The QoS class stays the virtual API
 /// server's own: it derives it from the virtual spec and refuses any change, and the host's can
 /// differ (a LimitRange in the host namespace gives requests to containers that set none).
@@ -359,15 +440,31 @@ pub fn status_for_virtual(mut host: PodStatus) -> PodStatus {
     host
 }
 
-/// Whether any field the host reports differs from the virtual status.
+/// Whether any field the host reports differs from the virtual status. Condition timestamps
+/// alone do not count: the binding sets `PodScheduled` in the virtual pod a moment after the
+/// host's scheduler did, and rewriting the whole status for that difference costs a write per
+/// pod. They are copied with the next real change.
 pub fn status_differs(have: Option<&PodStatus>, want: &PodStatus) -> bool {
     let have = have
         .and_then(|s| serde_json::to_value(s).ok())
+        .map(without_condition_times)
         .unwrap_or_default();
-    let Ok(serde_json::Value::Object(want)) = serde_json::to_value(want) else {
+    let Ok(serde_json::Value::Object(want)) =
+        serde_json::to_value(want).map(without_condition_times)
+    else {
         return false;
     };
     want.iter().any(|(k, v)| have.get(k) != Some(v))
+}
+
+fn without_condition_times(mut status: serde_json::Value) -> serde_json::Value {
+    if let Some(conditions) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        for c in conditions.iter_mut().filter_map(|c| c.as_object_mut()) {
+            c.remove("lastTransitionTime");
+            c.remove("lastProbeTime");
+        }
+    }
+    status
 }
 
 /// Host pods whose virtual pod is gone (or never was), for the garbage collector.
@@ -396,6 +493,33 @@ mod tests {
         virt.phase = Some("Pending".into());
         assert!(status_differs(Some(&virt), &host));
         assert!(status_differs(None, &host));
+    }
+
+    #[test]
+    fn condition_timestamps_alone_are_no_difference() {
+        let at = |secs| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(secs).expect("valid"),
+            ))
+        };
+        let scheduled = |secs, status: &str| PodCondition {
+            type_: "PodScheduled".into(),
+            status: status.into(),
+            last_transition_time: at(secs),
+            ..Default::default()
+        };
+        let host = PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![scheduled(100, "True")]),
+            ..Default::default()
+        };
+        let mut virt = host.clone();
+        virt.conditions = Some(vec![scheduled(101, "True")]);
+        assert!(!status_differs(Some(&virt), &host));
+        virt.conditions = Some(vec![scheduled(100, "False")]);
+        assert!(status_differs(Some(&virt), &host));
+        virt.conditions = None;
+        assert!(status_differs(Some(&virt), &host));
     }
 
     #[test]
