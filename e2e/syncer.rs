@@ -165,9 +165,14 @@ async fn a_deployment_runs_on_the_host_scales_and_rolls() {
 
     // What the host said about the pod (the scheduler's decision) shows on the virtual pod.
     let ev = wait_event(&virt, "shop", &vpods[0].name_any(), "Scheduled").await;
+    let message = ev.message.unwrap_or_default();
     assert!(
-        ev.message.unwrap_or_default().contains("assigned"),
-        "host scheduling event copied"
+        message.contains(&format!("assigned shop/{} to", vpods[0].name_any())),
+        "host scheduling event copied in the tenant's names: {message}"
+    );
+    assert!(
+        !message.contains(&t.namespace) && !message.contains("-x-"),
+        "no host names in copied events: {message}"
     );
 
     t.kubectl_ok(&["scale", "-n", "shop", "deployment/web", "--replicas=5"]);

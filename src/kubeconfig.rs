@@ -76,6 +76,26 @@ pub async fn client_from_yaml(yaml: &str) -> Result<kube::Client, KubeconfigErro
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Like [`client_from_yaml`], acting as `user` in `groups` (impersonation: the kubeconfig's
+/// own identity must be allowed to impersonate them).
+pub async fn client_from_yaml_as(
+    yaml: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<kube::Client, KubeconfigError> {
+    let mut kc = kube::config::Kubeconfig::from_yaml(yaml)?;
+    for u in &mut kc.auth_infos {
+        if let Some(auth) = u.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_string());
+            auth.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        }
+    }
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,6 +90,8 @@ pub struct SyncerOptions {
     pub endpoint_policy: EndpointPolicy,
     pub ingress_policy: IngressPolicy,
     pub pod_security: Level,
+    pub node_sync: syncer::NodeSync,
+    pub storage_sync: syncer::StorageSync,
 }
 
 /// Runs until `shutdown` resolves, then stops everything in order.
@@ -299,6 +301,17 @@ pub async fn run(
         control_plane.stop().await;
         return Err(e);
     }
+    // vkube's own identity towards the virtual API for the read-only mirrors: the admin
+    // impersonating a user no tenant kubeconfig carries (see `syncer::storage`).
+    let mirror_writer = match mirror_writer_client(&pki, &control_plane.apiserver_url()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = proxy_task.await;
+            control_plane.stop().await;
+            return Err(e);
+        }
+    };
     let (syncer_stop, syncer_stopped) = tokio::sync::oneshot::channel::<()>();
     let syncer_task = opts.syncer.clone().map(|o| {
         let config = SyncerConfig {
@@ -316,12 +329,21 @@ pub async fn run(
             pod_security: o.pod_security,
             api_endpoint: api_endpoint.clone(),
             cluster_dns: cluster_dns.clone(),
+            node_sync: o.node_sync,
+            storage_sync: o.storage_sync,
             ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();
-        tokio::spawn(syncer::run(virt, host.clone(), config, async move {
-            let _ = syncer_stopped.await;
-        }))
+        let writer = mirror_writer.clone();
+        tokio::spawn(syncer::run(
+            virt,
+            writer,
+            host.clone(),
+            config,
+            async move {
+                let _ = syncer_stopped.await;
+            },
+        ))
     });
     let dns_task = match dns_socket {
         Some(socket) => {
@@ -483,4 +505,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
         .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// A client of the virtual API server (loopback) acting as [`syncer::storage::MIRROR_WRITER`].
+async fn mirror_writer_client(
+    pki: &crate::pki::Pki,
+    url: &str,
+) -> Result<kube::Client, ServeError> {
+    let admin = pki.leaf(Leaf::Admin);
+    let yaml = kubeconfig::render(&KubeconfigSpec {
+        context: "vkube-mirror-writer",
+        server: url,
+        ca_pem: &pki.ca(Authority::Tenant).cert_pem,
+        cert_pem: &admin.cert_pem,
+        key_pem: &admin.key_pem,
+        namespace: None,
+    })?;
+    Ok(kubeconfig::client_from_yaml_as(
+        &yaml,
+        syncer::storage::MIRROR_WRITER,
+        &[crate::pki::ADMIN_GROUP],
+    )
+    .await?)
 }

@@ -138,6 +138,8 @@ pub struct Tenant {
     pub listen_ip: String,
     /// Appended to the `vkube serve` arguments (policy and network flags).
     pub extra_args: Vec<String>,
+    /// Whether the cluster-read ClusterRoleBinding was made (and must go with the tenant).
+    cluster_read: bool,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -175,11 +177,43 @@ impl Tenant {
             log: tmp.path().join("serve.log"),
             listen_ip: "127.0.0.1".into(),
             extra_args: vec![],
+            cluster_read: false,
             child: None,
             _tmp: Some(tmp),
         };
         t.prepare_host_namespace();
         t
+    }
+
+    /// Like `start_with` on 127.0.0.1, with the opt-in ClusterRole of
+    /// manifests/serve-cluster-rbac.yaml bound to the tenant's ServiceAccount first.
+    pub fn start_with_cluster_read(prefix: &str, extra_args: &[&str]) -> Tenant {
+        let mut t = Tenant::new(prefix);
+        t.grant_cluster_read();
+        t.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        t.spawn();
+        t.wait_ready();
+        t
+    }
+
+    /// Binds the read-only ClusterRole (host nodes, classes, volumes) exactly as shipped.
+    pub fn grant_cluster_read(&mut self) {
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/serve-cluster-rbac.yaml"),
+        )
+        .unwrap()
+        .replace("NAMESPACE", &self.namespace);
+        let out = kubectl(
+            &env().host_kubeconfig,
+            &["apply", "-f", "-"],
+            Some(&manifest),
+        );
+        assert!(
+            out.status.success(),
+            "applying serve-cluster-rbac.yaml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.cluster_read = true;
     }
 
     /// Path of the host kubeconfig `vkube serve` uses: the namespace-scoped ServiceAccount.
@@ -358,6 +392,18 @@ impl Tenant {
 impl Drop for Tenant {
     fn drop(&mut self) {
         self.stop();
+        if self.cluster_read {
+            let _ = kubectl(
+                &env().host_kubeconfig,
+                &[
+                    "delete",
+                    "clusterrolebinding",
+                    &format!("vkube-serve-cluster-read-{}", self.namespace),
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+        }
         // Free the host cluster's capacity for the other tests: the host namespace goes, and
         // with it every synced object.
         let _ = kubectl(

@@ -234,6 +234,17 @@ struct ServeArgs {
     /// Pod Security level enforced before a pod reaches the host: baseline or restricted.
     #[arg(long, default_value = "baseline")]
     pod_security: vkube::translate::security::Level,
+    /// Virtual nodes: `real` mirrors the host nodes that run the tenant's pods (labels, taints,
+    /// addresses, capacity, conditions), `pseudo` hides the host (name, address, Ready). `real`
+    /// needs the ClusterRole in manifests/serve-cluster-rbac.yaml; without it vkube logs one
+    /// warning and shows pseudo-nodes.
+    #[arg(long, env = "VKUBE_NODE_SYNC", default_value = "real")]
+    node_sync: vkube::syncer::NodeSync,
+    /// Host StorageClasses and PersistentVolumes shown read-only in the virtual cluster: `used`
+    /// (those the tenant's claims use) or `off`. Needs the same ClusterRole; without it vkube
+    /// logs one warning and shows none (claims keep working).
+    #[arg(long, env = "VKUBE_STORAGE_SYNC", default_value = "used")]
+    storage_sync: vkube::syncer::StorageSync,
 }
 
 #[derive(clap::Args, Debug)]
@@ -396,6 +407,8 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
                 default_class: args.default_ingress_class,
             },
             pod_security: args.pod_security,
+            node_sync: args.node_sync,
+            storage_sync: args.storage_sync,
         }),
     };
     serve::run(opts, shutdown_signal()).await?;

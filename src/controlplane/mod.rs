@@ -15,7 +15,9 @@ use crate::pki::{Authority, Leaf, PkiFiles};
 use supervisor::{Backoff, ProcessSpec, ProcessState, Supervised, SupervisorError};
 
 /// Controllers a virtual cluster does not need: there are no real nodes, routes, cloud load
-/// balancers or volume attachments behind it (the host does all of that).
+/// balancers or volume attachments behind it (the host does all of that). Binding and
+/// expanding volumes is the host's job too: the virtual claims show the host's binding, and the
+/// volumes vkube mirrors must never be "reclaimed" (deleted or recycled) by a virtual binder.
 pub const DISABLED_CONTROLLERS: &[&str] = &[
     "node-ipam-controller",
     "node-lifecycle-controller",
@@ -27,6 +29,8 @@ pub const DISABLED_CONTROLLERS: &[&str] = &[
     "ttl-controller",
     "bootstrap-signer-controller",
     "token-cleaner-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
 ];
 
 #[derive(Debug, thiserror::Error)]

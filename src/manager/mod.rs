@@ -48,6 +48,8 @@ pub enum Error {
     CleanupPending(String),
     #[error("the object has no name")]
     NoName,
+    #[error("a manifest built into vkube is broken (a bug): {0}")]
+    Manifest(String),
 }
 
 impl Error {
@@ -60,6 +62,7 @@ impl Error {
             Error::Lease(_) => "Lease",
             Error::CleanupPending(_) => "CleanupPending",
             Error::NoName => "NoName",
+            Error::Manifest(_) => "Manifest",
         }
     }
 }
@@ -239,6 +242,22 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         .await?;
     for obj in objects::namespaced(vc, &ctx.policy, &resolved, None) {
         apply_namespaced(&ctx.client, &ns, &obj, &pp).await?;
+    }
+    let cluster_read = objects::syncer_cluster_read_binding_name(&name);
+    let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+    if ctx.policy.syncer_cluster_read {
+        let binding = objects::syncer_cluster_read_binding(&name).map_err(Error::Manifest)?;
+        bindings
+            .patch(&cluster_read, &pp, &Patch::Apply(binding))
+            .await?;
+    } else {
+        // Turned off: the grant goes (the syncer notices at its next start).
+        ignore_missing(
+            bindings
+                .delete(&cluster_read, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        )?;
     }
     let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .get(&objects::service_name(&name))
@@ -487,6 +506,12 @@ async fn cleanup(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         .await?;
         return Err(Error::CleanupPending(ns));
     }
+    ignore_missing(
+        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .delete(&objects::syncer_cluster_read_binding_name(&name), &dp)
+            .await
+            .map(|_| ()),
+    )?;
     let role = objects::owner_cluster_role(&name);
     ignore_missing(
         Api::<ClusterRoleBinding>::all(ctx.client.clone())

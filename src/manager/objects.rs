@@ -119,6 +119,28 @@ pub fn syncer_rules() -> Result<Value, String> {
     Err("manifests/serve-rbac.yaml has no Role".into())
 }
 
+/// The opt-in cluster-read grant for tenant `vc_name`'s syncer: the ClusterRoleBinding of
+/// manifests/serve-cluster-rbac.yaml (one source of truth) for its namespace. The ClusterRole
+/// itself is the chart's, shared by all tenants.
+pub fn syncer_cluster_read_binding(vc_name: &str) -> Result<Value, String> {
+    const RBAC: &str = include_str!("../../manifests/serve-cluster-rbac.yaml");
+    let rbac = RBAC.replace("NAMESPACE", &host_namespace(vc_name));
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
+        if v["kind"] == "ClusterRoleBinding" {
+            // Labelled as the tenant's (not owner-referenced: see `owner_grants`).
+            v["metadata"]["labels"] = labels(vc_name);
+            return Ok(v);
+        }
+    }
+    Err("manifests/serve-cluster-rbac.yaml has no ClusterRoleBinding".into())
+}
+
+/// Name of [`syncer_cluster_read_binding`].
+pub fn syncer_cluster_read_binding_name(vc_name: &str) -> String {
+    format!("vkube-serve-cluster-read-{}", host_namespace(vc_name))
+}
+
 /// Everything namespaced, given the Service's ClusterIP once it is known (it goes into the
 /// serving certificate and the kubeconfig so clients reach the API by IP, no DNS needed).
 pub fn namespaced(
@@ -351,6 +373,10 @@ pub fn stateful_set(
         "--pod-security".into(),
         resolved.pod_security.as_str().into(),
     ];
+    if !policy.syncer_cluster_read {
+        // Without the grant, say so in the arguments rather than in a warning at every start.
+        args.extend(["--node-sync", "pseudo", "--storage-sync", "off"].map(String::from));
+    }
     if vc.spec.sync.all_config_maps {
         args.push("--sync-all-configmaps".into());
     }
@@ -488,7 +514,16 @@ mod tests {
                 out
             })
             .collect();
-        for rule in syncer_rules().unwrap().as_array().unwrap() {
+        let cluster_read: Vec<Value> = serde_yaml::Deserializer::from_str(include_str!(
+            "../../manifests/serve-cluster-rbac.yaml"
+        ))
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v| v["kind"] == "ClusterRole")
+        .flat_map(|v| v["rules"].as_array().unwrap().clone())
+        .collect();
+        assert!(!cluster_read.is_empty());
+        let syncer = syncer_rules().unwrap().as_array().unwrap().clone();
+        for rule in syncer.iter().chain(&cluster_read) {
             for g in rule["apiGroups"].as_array().unwrap() {
                 for res in rule["resources"].as_array().unwrap() {
                     for v in rule["verbs"].as_array().unwrap() {
@@ -502,6 +537,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The chart ships the ClusterRole the manager binds: it must be the one in manifests.
+    #[test]
+    fn the_charts_cluster_read_role_is_the_one_in_manifests() {
+        let chart = include_str!("../../charts/vkube/templates/serve-cluster-read.yaml");
+        let plain: String = chart
+            .lines()
+            .filter(|l| !l.contains("{{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let chart_role: Value = serde_yaml::from_str(&plain).unwrap();
+        let manifest_role: Value = serde_yaml::Deserializer::from_str(include_str!(
+            "../../manifests/serve-cluster-rbac.yaml"
+        ))
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|v| v["kind"] == "ClusterRole")
+        .unwrap();
+        assert_eq!(
+            chart_role["metadata"]["name"],
+            manifest_role["metadata"]["name"]
+        );
+        assert_eq!(chart_role["rules"], manifest_role["rules"]);
+        let b = syncer_cluster_read_binding("alice").unwrap();
+        assert_eq!(
+            b["metadata"]["name"],
+            syncer_cluster_read_binding_name("alice")
+        );
+        assert_eq!(b["roleRef"]["name"], manifest_role["metadata"]["name"]);
+        assert_eq!(b["subjects"][0]["namespace"], "vkube-alice");
+        assert_eq!(b["subjects"][0]["name"], SYNCER_NAME);
     }
 
     use super::*;
@@ -568,6 +634,27 @@ mod tests {
         );
         assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
         assert_eq!(spec.volume_claim_templates.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn without_cluster_read_the_syncer_is_told_to_do_without_it() {
+        let args = |cluster_read: bool| {
+            let vc = vc("alice", Default::default());
+            let p = Policy {
+                syncer_cluster_read: cluster_read,
+                ..policy()
+            };
+            let r = check(&vc, &p, 0).unwrap();
+            let sts: StatefulSet =
+                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+            sts.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+                .join(" ")
+        };
+        assert!(args(false).contains("--node-sync pseudo --storage-sync off"));
+        assert!(!args(true).contains("--node-sync"));
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub struct Policy {
     /// Where control planes and tenant pods run.
     #[serde(default)]
     pub placement: Placement,
+    /// Bind each tenant's syncer to the read-only ClusterRole of
+    /// manifests/serve-cluster-rbac.yaml (chart value `syncer.clusterRead`): virtual nodes
+    /// mirror host nodes and the host's StorageClasses/PersistentVolumes are shown. Off: pseudo
+    /// nodes, no storage mirrors, nothing cluster-wide for the syncer.
+    #[serde(default)]
+    pub syncer_cluster_read: bool,
 }
 
 fn default_pull_policy() -> String {

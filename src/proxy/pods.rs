@@ -269,10 +269,6 @@ pub fn impersonation(headers: &HeaderMap) -> Result<Option<Impersonation>, Strin
 
 /// The host's error text, with the host pod and namespace names replaced by the virtual ones so
 /// the tenant sees its own names (and learns nothing about the host's).
-pub fn rewrite_error(body: &str, host: (&str, &str), virt: (&str, &str)) -> String {
-    body.replace(host.0, virt.0).replace(host.1, virt.1)
-}
-
 /// The apiserver's wording for a denied subresource request.
 pub fn forbidden_message(user: &str, target: &PodTarget, reason: &str) -> String {
     let mut msg = format!(
@@ -431,7 +427,7 @@ impl PodRouter {
                 Err(_) => Bytes::from_static(b"error from the host cluster"),
             };
             let text = String::from_utf8_lossy(&bytes);
-            let rewritten = rewrite_error(
+            let rewritten = crate::translate::in_virtual_names(
                 &text,
                 (&host_name, &self.tenant.host_namespace),
                 (&target.name, &target.namespace),
@@ -737,19 +733,6 @@ mod tests {
             sa.identity
                 .groups
                 .contains(&"system:serviceaccounts:dev".to_string())
-        );
-    }
-
-    #[test]
-    fn host_errors_speak_of_virtual_names() {
-        let text = r#"{"message":"container nope is not valid for pod web-x-default-x-alice in namespace vkube-alice"}"#;
-        assert_eq!(
-            rewrite_error(
-                text,
-                ("web-x-default-x-alice", "vkube-alice"),
-                ("web", "default")
-            ),
-            r#"{"message":"container nope is not valid for pod web in namespace default"}"#
         );
     }
 

@@ -64,7 +64,16 @@ async fn forward(ctx: &Context, ev: &Event) -> bool {
         EventType::Normal
     };
     let reason = ev.reason.clone().unwrap_or_else(|| "HostEvent".into());
-    let note = ev.message.clone().unwrap_or_default();
+    // "Successfully assigned vkube-alice/web-x-default-x-alice to node-1" reads as the tenant
+    // would expect: "default/web".
+    let note = crate::translate::in_virtual_names(
+        ev.message.as_deref().unwrap_or_default(),
+        (
+            ev.involved_object.name.as_deref().unwrap_or_default(),
+            &ctx.tenant().host_namespace,
+        ),
+        (&name, &namespace),
+    );
     match kind.as_str() {
         "Pod" => {
             if let Some(p) = ctx

@@ -21,6 +21,7 @@ pub mod pvcs;
 pub mod referenced;
 pub mod secrets;
 pub mod services;
+pub mod storage;
 pub mod tokens;
 
 use std::collections::HashSet;
@@ -29,12 +30,16 @@ use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Endpoints, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::Api;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -69,6 +74,50 @@ impl SyncError {
     }
 }
 
+/// What virtual nodes show (`--node-sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NodeSync {
+    /// Mirrors of the host nodes that run the tenant's pods (needs the cluster-read grant).
+    #[default]
+    Real,
+    /// Pseudo-nodes that hide the host: name, address and Ready only.
+    Pseudo,
+}
+
+impl std::str::FromStr for NodeSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "real" => Ok(NodeSync::Real),
+            "pseudo" => Ok(NodeSync::Pseudo),
+            other => Err(format!("unknown node sync mode {other:?}: real or pseudo")),
+        }
+    }
+}
+
+/// Whether host StorageClasses and PersistentVolumes are shown (`--storage-sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageSync {
+    /// Those the tenant's claims use, read-only (needs the cluster-read grant).
+    #[default]
+    Used,
+    Off,
+}
+
+impl std::str::FromStr for StorageSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "used" => Ok(StorageSync::Used),
+            "off" => Ok(StorageSync::Off),
+            other => Err(format!("unknown storage sync mode {other:?}: used or off")),
+        }
+    }
+}
+
+/// The opt-in ClusterRole that lets the syncer read host nodes, classes and volumes.
+pub const CLUSTER_READ_MANIFEST: &str = "manifests/serve-cluster-rbac.yaml";
+
 #[derive(Debug, Clone)]
 pub struct SyncerConfig {
     pub tenant: Tenant,
@@ -90,6 +139,10 @@ pub struct SyncerConfig {
     pub cluster_dns: Option<crate::translate::pod::ClusterDns>,
     /// How often the garbage collector sweeps even without a trigger.
     pub gc_interval: Duration,
+    /// Asked for; [`run`] falls back to pseudo-nodes without the cluster-read grant.
+    pub node_sync: NodeSync,
+    /// Asked for; [`run`] turns it off without the cluster-read grant.
+    pub storage_sync: StorageSync,
 }
 
 impl SyncerConfig {
@@ -107,6 +160,8 @@ impl SyncerConfig {
             api_endpoint: None,
             cluster_dns: None,
             gc_interval: Duration::from_secs(30),
+            node_sync: NodeSync::default(),
+            storage_sync: StorageSync::default(),
         }
     }
 }
@@ -131,11 +186,25 @@ pub struct Stores {
     pub host_ingresses: Store<Ingress>,
     pub virtual_slices: Store<EndpointSlice>,
     pub host_slices: Store<EndpointSlice>,
+    /// Host nodes, trimmed (real node sync only; empty otherwise).
+    pub host_nodes: Store<Node>,
+    /// Host classes and volumes (storage sync only; empty otherwise). Volumes not claimed from
+    /// the tenant's namespace are cached as their names alone.
+    pub host_classes: Store<StorageClass>,
+    pub host_volumes: Store<PersistentVolume>,
+    /// The virtual mirrors' side, and vkube's admission policy that keeps them read-only.
+    pub virtual_classes: Store<StorageClass>,
+    pub virtual_volumes: Store<PersistentVolume>,
+    pub virtual_policies: Store<ValidatingAdmissionPolicy>,
+    pub virtual_policy_bindings: Store<ValidatingAdmissionPolicyBinding>,
 }
 
 /// Shared by every controller.
 pub struct Context {
     pub virt: kube::Client,
+    /// The virtual API as vkube's own identity ([`storage::MIRROR_WRITER`]): the only one the
+    /// admission policy lets change the read-only mirrors.
+    pub mirror_writer: kube::Client,
     pub host: kube::Client,
     pub config: SyncerConfig,
     pub stores: Stores,
@@ -358,14 +427,15 @@ where
 }
 
 /// [`watched_store`] with a custom trim applied to each object before it is cached.
-fn watched_store_with<K>(
+fn watched_store_with<K, T>(
     api: Api<K>,
     wc: watcher::Config,
     hooks: Vec<Hook<K>>,
-    trim: fn(&mut K),
+    trim: T,
 ) -> (Store<K>, watch::Receiver<bool>, Driver)
 where
     K: Watched,
+    T: FnMut(&mut K) + Send + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -393,16 +463,103 @@ where
     (store, ready_rx, drive)
 }
 
+/// Wakes `notify` on every change a watch delivers (for loops that recompute a whole set).
+fn notify_on_change<K>(notify: Arc<Notify>) -> Hook<K> {
+    Box::new(move |ev| {
+        if matches!(
+            ev,
+            watcher::Event::Apply(_) | watcher::Event::InitApply(_) | watcher::Event::Delete(_)
+        ) {
+            notify.notify_one();
+        }
+    })
+}
+
+/// Why the host credentials cannot list and watch `K` cluster-wide, if they cannot: a real list
+/// of one object (it also finds an unreachable API), and an access review for watch (a watch
+/// that is refused would keep the caches from ever becoming ready).
+async fn cluster_read_denied<K>(host: &kube::Client) -> Option<String>
+where
+    K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    if let Err(e) = Api::<K>::all(host.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        return Some(e.to_string());
+    }
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("watch".into()),
+                group: Some(K::group(&()).into_owned()),
+                resource: Some(K::plural(&()).into_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<SelfSubjectAccessReview>::all(host.clone())
+        .create(&Default::default(), &review)
+        .await
+    {
+        Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => None,
+        Ok(_) => Some(format!("{} may be listed but not watched", K::plural(&()))),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// The node and storage modes this run can honour: both need the opt-in cluster-read grant;
+/// without it the syncer says so once and carries on with pseudo-nodes and without storage
+/// mirrors (claims keep working), rather than failing or retrying forbidden watches forever.
+async fn effective_modes(host: &kube::Client, config: &mut SyncerConfig) {
+    if config.node_sync == NodeSync::Real
+        && let Some(e) = cluster_read_denied::<Node>(host).await
+    {
+        tracing::warn!(
+            error = %e,
+            "--node-sync real: cannot read host nodes; showing pseudo-nodes instead. To mirror host nodes, bind the ClusterRole in {CLUSTER_READ_MANIFEST} to this identity and restart"
+        );
+        config.node_sync = NodeSync::Pseudo;
+    }
+    if config.storage_sync == StorageSync::Used {
+        let denied = match cluster_read_denied::<StorageClass>(host).await {
+            Some(e) => Some(e),
+            None => cluster_read_denied::<PersistentVolume>(host).await,
+        };
+        if let Some(e) = denied {
+            tracing::warn!(
+                error = %e,
+                "--storage-sync used: cannot read host storage classes and volumes; they are not shown in the virtual cluster (claims still work). To show them, bind the ClusterRole in {CLUSTER_READ_MANIFEST} to this identity and restart"
+            );
+            config.storage_sync = StorageSync::Off;
+        }
+    }
+    tracing::info!(node_sync = ?config.node_sync, storage_sync = ?config.storage_sync, "cluster-scoped views");
+}
+
 /// Main trigger of a controller, as the stream `Controller::for_stream` takes.
 pub type Trigger<K> = UnboundedReceiver<Result<K, watcher::Error>>;
 
 /// Runs every controller until `shutdown` resolves.
 pub async fn run(
     virt: kube::Client,
+    mirror_writer: kube::Client,
     host: kube::Client,
-    config: SyncerConfig,
+    mut config: SyncerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
+    effective_modes(&host, &mut config).await;
+    let real_nodes = config.node_sync == NodeSync::Real;
+    let storage_on = config.storage_sync == StorageSync::Used;
+    let storage_trigger = Arc::new(Notify::new());
     let host_ns = config.tenant.host_namespace.clone();
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={}", config.tenant.name));
     let all = watcher::Config::default().any_semantic();
@@ -579,17 +736,91 @@ pub async fn run(
         owned.clone(),
         vec![owner_trigger(svc_requeue, gc.clone())],
     );
-    let (virtual_nodes, r9, d9) =
-        watched_store(Api::<Node>::all(virt.clone()), all.clone(), vec![]);
+    // A virtual node created (as a pseudo-node before the host node was cached, say) or edited
+    // re-triggers the mirror of its host node; at start this catches up every mirror.
+    let (node_requeue, node_requeue_rx) = unbounded::<ObjectRef<Node>>();
+    let mirror_again: Hook<Node> = Box::new(move |ev| {
+        if let Some(n) = applied(ev) {
+            let _ = node_requeue.unbounded_send(ObjectRef::new(&n.name_any()));
+        }
+    });
+    let (virtual_nodes, r9, d9) = watched_store(
+        Api::<Node>::all(virt.clone()),
+        all.clone(),
+        vec![mirror_again],
+    );
     let (virtual_claims, r10, d10) = watched_store(
         Api::<PersistentVolumeClaim>::all(virt.clone()),
         all.clone(),
-        vec![main_trigger(pvc_main, gc.clone())],
+        vec![
+            main_trigger(pvc_main, gc.clone()),
+            notify_on_change(storage_trigger.clone()),
+        ],
     );
     let (host_claims, r11, d11) = watched_store(
         Api::<PersistentVolumeClaim>::namespaced(host.clone(), &host_ns),
         owned.clone(),
-        vec![owner_trigger(pvc_requeue, gc.clone())],
+        vec![
+            owner_trigger(pvc_requeue, gc.clone()),
+            notify_on_change(storage_trigger.clone()),
+        ],
+    );
+
+    // Cluster-scoped views of the host, each driven only when its mode is on (an undriven
+    // store stays empty and costs nothing).
+    let (node_main, node_main_rx) = unbounded::<Result<Node, watcher::Error>>();
+    let (host_nodes, r18, d18) = watched_store_with(
+        Api::<Node>::all(host.clone()),
+        all.clone(),
+        vec![main_trigger(node_main, gc.clone())],
+        crate::translate::node::trim_host_node,
+    );
+    let (host_classes, r19, d19) = watched_store(
+        Api::<StorageClass>::all(host.clone()),
+        all.clone(),
+        vec![notify_on_change(storage_trigger.clone())],
+    );
+    let volume_ns = host_ns.clone();
+    let ours_changed = storage_trigger.clone();
+    let (host_volumes, r20, d20) = watched_store_with(
+        Api::<PersistentVolume>::all(host.clone()),
+        all.clone(),
+        vec![Box::new(move |ev: &watcher::Event<PersistentVolume>| {
+            // Trimmed already: only volumes claimed from our namespace keep a spec.
+            let ours = match ev {
+                watcher::Event::Apply(v)
+                | watcher::Event::InitApply(v)
+                | watcher::Event::Delete(v) => v.spec.is_some(),
+                _ => false,
+            };
+            if ours {
+                ours_changed.notify_one();
+            }
+        })],
+        move |v: &mut PersistentVolume| {
+            crate::translate::pv::trim_host_volume(v, &volume_ns);
+        },
+    );
+    let (virtual_classes, r21, d21) = watched_store(
+        Api::<StorageClass>::all(virt.clone()),
+        all.clone(),
+        vec![notify_on_change(storage_trigger.clone())],
+    );
+    let (virtual_volumes, r22, d22) = watched_store(
+        Api::<PersistentVolume>::all(virt.clone()),
+        all.clone(),
+        vec![notify_on_change(storage_trigger.clone())],
+    );
+    let vkube_made = watcher::Config::default().labels(storage::POLICY_SELECTOR);
+    let (virtual_policies, r23, d23) = watched_store(
+        Api::<ValidatingAdmissionPolicy>::all(virt.clone()),
+        vkube_made.clone(),
+        vec![notify_on_change(storage_trigger.clone())],
+    );
+    let (virtual_policy_bindings, r24, d24) = watched_store(
+        Api::<ValidatingAdmissionPolicyBinding>::all(virt.clone()),
+        vkube_made,
+        vec![notify_on_change(storage_trigger.clone())],
     );
 
     let (virtual_endpoints, r12, d12) = watched_store(
@@ -635,6 +866,13 @@ pub async fn run(
         host_ingresses,
         virtual_slices,
         host_slices,
+        host_nodes,
+        host_classes,
+        host_volumes,
+        virtual_classes,
+        virtual_volumes,
+        virtual_policies,
+        virtual_policy_bindings,
     };
     let (ready_tx, ready) = watch::channel(false);
     let recorder = Recorder::new(
@@ -646,6 +884,7 @@ pub async fn run(
     );
     let ctx = Arc::new(Context {
         virt,
+        mirror_writer,
         host,
         config,
         stores: stores.clone(),
@@ -658,9 +897,31 @@ pub async fn run(
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    for d in [
+    let mut drivers = vec![
         d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15, d16, d17,
-    ] {
+    ];
+    let mut readies = vec![
+        r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17,
+    ];
+    if real_nodes {
+        drivers.push(d18);
+        readies.push(r18);
+        tasks.spawn(nodes::controller(
+            ctx.clone(),
+            node_main_rx,
+            node_requeue_rx,
+        ));
+    } else {
+        tasks.spawn(nodes::hide_mirrors(ctx.clone()));
+    }
+    if storage_on {
+        drivers.extend([d19, d20, d21, d22, d23, d24]);
+        readies.extend([r19, r20, r21, r22, r23, r24]);
+        tasks.spawn(storage::run(ctx.clone(), storage_trigger.clone()));
+    } else {
+        tasks.spawn(storage::remove_all(ctx.clone()));
+    }
+    for d in drivers {
         tasks.spawn(d);
     }
     tasks.spawn(pods::controller(ctx.clone(), pod_main_rx, pod_requeue_rx));
@@ -701,9 +962,7 @@ pub async fn run(
         let stores = stores.clone();
         async move {
             let started = std::time::Instant::now();
-            for mut r in [
-                r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17,
-            ] {
+            for mut r in readies {
                 if r.wait_for(|ready| *ready).await.is_err() {
                     return;
                 }

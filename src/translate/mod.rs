@@ -10,11 +10,14 @@ pub mod configmap;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod ingress;
+pub mod node;
 pub mod pod;
+pub mod pv;
 pub mod pvc;
 pub mod secret;
 pub mod security;
 pub mod service;
+pub mod storageclass;
 
 use std::collections::BTreeMap;
 
@@ -184,10 +187,53 @@ pub fn origin(host_meta: &ObjectMeta) -> Option<Origin> {
     })
 }
 
+/// Host text (an error, an event message) about a host object, in the tenant's names: "host
+/// namespace/host name" first, then the host name alone, then the host namespace.
+pub fn in_virtual_names(text: &str, host: (&str, &str), virt: (&str, &str)) -> String {
+    let (host_name, host_ns) = host;
+    let (virt_name, virt_ns) = virt;
+    text.replace(
+        &format!("{host_ns}/{host_name}"),
+        &format!("{virt_ns}/{virt_name}"),
+    )
+    .replace(host_name, virt_name)
+    .replace(host_ns, virt_ns)
+}
+
 /// Stable hash of a serialisable desired state (serde_json maps are ordered: BTreeMap).
 pub fn desired_hash<T: serde::Serialize>(value: &T) -> String {
     let json = serde_json::to_string(value).unwrap_or_default();
     hex_digest(&json)[..16].to_string()
+}
+
+/// Label on virtual StorageClasses and PersistentVolumes that mirror the host's: only vkube
+/// writes them, and only they are ever removed by it.
+pub const HOST_MIRROR: &str = "vkube.dev/host-mirror";
+
+/// A host object's labels without vkube's own prefix (a host label must not forge ownership),
+/// plus [`HOST_MIRROR`]: the labels of a virtual mirror.
+pub fn mirror_labels(host: &ObjectMeta) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = host
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(HOST_MIRROR.into(), "true".into());
+    labels
+}
+
+/// Whether `have` already shows everything in `want` (objects compared key by key, extra keys
+/// in `have` ignored; anything else compared as a whole): a mirror is rewritten only when this
+/// is false, and what a tenant added beside it is not fought over.
+pub fn json_contains(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    match (have, want) {
+        (serde_json::Value::Object(h), serde_json::Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| json_contains(hv, wv))),
+        _ => have == want,
+    }
 }
 
 /// Whether a name is a valid DNS-1123 subdomain (what most object names must be).
@@ -210,6 +256,29 @@ fn is_dns_label_part(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_text_speaks_of_virtual_names() {
+        let host = ("web-x-default-x-alice", "vkube-alice");
+        let virt = ("web", "default");
+        assert_eq!(
+            super::in_virtual_names(
+                "Successfully assigned vkube-alice/web-x-default-x-alice to node-1",
+                host,
+                virt
+            ),
+            "Successfully assigned default/web to node-1"
+        );
+        assert_eq!(
+            super::in_virtual_names(
+                "container nope is not valid for pod web-x-default-x-alice in namespace vkube-alice",
+                host,
+                virt
+            ),
+            "container nope is not valid for pod web in namespace default"
+        );
+        assert_eq!(super::in_virtual_names("no names", host, virt), "no names");
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -218,6 +287,15 @@ mod tests {
             name: "alice".into(),
             host_namespace: "vkube-alice".into(),
         }
+    }
+
+    #[test]
+    fn containment_ignores_extra_keys_but_not_changed_values() {
+        let have = serde_json::json!({"a": {"b": 1, "extra": 2}, "l": [1, 2]});
+        assert!(json_contains(&have, &serde_json::json!({"a": {"b": 1}})));
+        assert!(!json_contains(&have, &serde_json::json!({"a": {"b": 2}})));
+        assert!(!json_contains(&have, &serde_json::json!({"l": [1]})));
+        assert!(!json_contains(&have, &serde_json::json!({"missing": 1})));
     }
 
     #[test]

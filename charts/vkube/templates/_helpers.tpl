@@ -18,6 +18,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 {{- $_ := set $p "kubernetesVersions" $versions -}}
 {{- $_ := set $p "imagePullPolicy" .Values.image.pullPolicy -}}
+{{- $_ := set $p "syncerClusterRead" .Values.syncer.clusterRead -}}
 {{- if not $p.controlPlane.storageClassName -}}
 {{- $_ := unset $p.controlPlane "storageClassName" -}}
 {{- end -}}
