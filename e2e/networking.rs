@@ -519,6 +519,85 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
     assert_eq!(cluster_ip(&vsvc.get("peers").await.unwrap()), "None");
 }
 
+/// A re-creation interrupted between the delete and the create (vkube killed) is finished by
+/// the next start, from the journal on the host copy; the host copy is not taken for an orphan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_recreation_cut_short_is_finished_at_the_next_start() {
+    let mut t = Tenant::start("journal");
+    let host = common::host_client().await;
+    apply(
+        &t,
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: default
+  labels: {tier: data}
+spec:
+  clusterIP: 10.100.0.60
+  selector: {app: db}
+  ports: [{port: 5432}]
+"#,
+    );
+    let virt = t.client().await;
+    let (v, h) = same_cluster_ip(&virt, &host, &t, "db").await;
+    let host_uid = h.metadata.uid.clone();
+
+    // The state a crash right after the delete leaves: journal written, virtual Service gone.
+    // Made with the syncer off, so nothing acts on it before the restart.
+    t.stop();
+    t.extra_args = vec!["--no-sync".into()];
+    t.spawn();
+    t.wait_ready();
+    let virt = t.client().await;
+    let journal = serde_json::json!({
+        "service": {
+            "metadata": {"name": "db", "namespace": "default", "labels": {"tier": "data"}},
+            "spec": v.spec,
+        }
+    });
+    let hsvc: Api<Service> = Api::namespaced(host.clone(), &t.namespace);
+    let host_name = format!("db-x-default-x-{}", t.name);
+    let annotate = serde_json::json!({"metadata": {"annotations": {
+        "vkube.dev/recreating": journal.to_string()
+    }}});
+    hsvc.patch(
+        &host_name,
+        &PatchParams::default(),
+        &Patch::Merge(&annotate),
+    )
+    .await
+    .unwrap();
+    Api::<Service>::namespaced(virt.clone(), "default")
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    t.stop();
+    t.extra_args.clear();
+    t.spawn();
+    t.wait_ready();
+    let virt = t.client().await;
+    let vsvc: Api<Service> = Api::namespaced(virt.clone(), "default");
+    let back = eventually("the virtual service is back", LONG, || async {
+        vsvc.get_opt("db").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(cluster_ip(&back), cluster_ip(&h), "with the host's IP");
+    assert_eq!(back.labels()["tier"], "data");
+    eventually("the journal is cleared", LONG, || async {
+        let h = hsvc.get(&host_name).await.ok()?;
+        (!h.annotations().contains_key("vkube.dev/recreating")).then_some(())
+    })
+    .await;
+    let kept = hsvc.get(&host_name).await.unwrap();
+    assert_eq!(
+        kept.metadata.uid, host_uid,
+        "the host copy was never deleted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn host_ips_the_virtual_range_cannot_show_are_reported_not_chased() {
     let mut t = Tenant::new("cidr");

@@ -86,6 +86,7 @@ pub async fn sweep(ctx: &Context) {
     for s in referenced::orphans::<Secret>(ctx, &referenced_secrets) {
         delete(&host_secrets, s.as_ref(), "secret").await;
     }
+    services::restore(ctx).await;
     let host_services: Api<Service> = ctx.host_api();
     for s in services::orphans(ctx) {
         delete(&host_services, s.as_ref(), "service").await;

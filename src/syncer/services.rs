@@ -211,6 +211,24 @@ async fn recreate(ctx: &Context, old: &Service, new: Service) -> Result<Action, 
         None
     };
     let _mark = Recreating::new(ctx, &ns, &name);
+    // Written down on the host copy first: if vkube dies between the delete and the create
+    // below, the next start re-creates the Service from it (see `restore`).
+    let host_copy = host_copy_of(ctx, old);
+    if let Some(h) = &host_copy {
+        let journal = Journal {
+            service: new.clone(),
+            endpoints: saved.as_ref().map(fresh_endpoints),
+        };
+        match write_journal(ctx, h, Some(&journal)).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                // Too large to note down (annotations are limited to 256 KiB): not re-created.
+                tracing::warn!(service = %format!("{ns}/{name}"), error = %s.message, "cannot journal the re-creation; keeping the virtual cluster IP");
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(SyncError::Host(e)),
+        }
+    }
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             uid: old.metadata.uid.clone(),
@@ -241,6 +259,12 @@ async fn recreate(ctx: &Context, old: &Service, new: Service) -> Result<Action, 
         ),
     )
     .await;
+    if let Some(h) = &host_copy
+        && let Err(e) = write_journal(ctx, h, None).await
+    {
+        // Harmless: the garbage collector clears it once it sees the Service exists.
+        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "could not clear the re-creation journal");
+    }
     if let Some(saved) = saved {
         guard_endpoints(ctx, &eps, saved).await;
     }
@@ -262,9 +286,125 @@ async fn recreate(ctx: &Context, old: &Service, new: Service) -> Result<Action, 
     Ok(Action::await_change())
 }
 
+/// Endpoints as they can be created again: name, labels, annotations and subsets.
+fn fresh_endpoints(eps: &Endpoints) -> Endpoints {
+    Endpoints {
+        metadata: ObjectMeta {
+            name: eps.metadata.name.clone(),
+            namespace: eps.metadata.namespace.clone(),
+            labels: eps.metadata.labels.clone(),
+            annotations: eps.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        subsets: eps.subsets.clone(),
+    }
+}
+
+/// Annotation on a host Service while its virtual Service is re-created: the virtual Service
+/// (and its hand-written Endpoints) as they are to be created again.
+pub const RECREATE_JOURNAL: &str = "vkube.dev/recreating";
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Journal {
+    pub service: Service,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// The journal a host Service carries, if any (pure).
+pub fn journal_of(host: &Service) -> Option<Journal> {
+    let text = host.annotations().get(RECREATE_JOURNAL)?;
+    serde_json::from_str(text).ok()
+}
+
+fn host_copy_of(ctx: &Context, vsvc: &Service) -> Option<Arc<Service>> {
+    let tenant = ctx.tenant();
+    let host_name = translate::service::to_host(vsvc, tenant, ctx.config.service_policy)
+        .service
+        .name_any();
+    ctx.stores
+        .host_services
+        .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
+        .filter(|h| tenant.owns(h.meta()))
+}
+
+async fn write_journal(
+    ctx: &Context,
+    host: &Service,
+    journal: Option<&Journal>,
+) -> Result<(), kube::Error> {
+    let value = match journal {
+        Some(j) => {
+            serde_json::Value::String(serde_json::to_string(j).map_err(kube::Error::SerdeError)?)
+        }
+        None => serde_json::Value::Null,
+    };
+    let patch = serde_json::json!({ "metadata": { "annotations": { RECREATE_JOURNAL: value } } });
+    let api: Api<Service> = ctx.host_api();
+    api.patch(
+        &host.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Host Services whose virtual Service was being re-created when a previous run stopped: the
+/// virtual Service is created again from the journal (or, if it exists, the journal is
+/// cleared). Run by the garbage collector before it looks for orphans.
+pub async fn restore(ctx: &Context) {
+    for h in ctx.stores.host_services.state() {
+        let Some(journal) = journal_of(&h) else {
+            continue;
+        };
+        let Some(o) = translate::origin(h.meta()) else {
+            continue;
+        };
+        if ctx.is_recreating(&o.namespace, &o.name) {
+            continue;
+        }
+        let key = ObjectRef::<Service>::new(&o.name).within(&o.namespace);
+        if ctx.stores.virtual_services.get(&key).is_none() {
+            let vapi: Api<Service> = Api::namespaced(ctx.virt.clone(), &o.namespace);
+            let created = create_again(&vapi, &o.namespace, &o.name, journal.service).await;
+            if created.is_some() {
+                tracing::info!(service = %key, "re-created a virtual service an earlier run had deleted to re-create");
+            }
+            if let Some(eps) = journal.endpoints {
+                let api: Api<Endpoints> = Api::namespaced(ctx.virt.clone(), &o.namespace);
+                match api.create(&PostParams::default(), &eps).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => {
+                        tracing::warn!(endpoints = %key, error = %e, "putting hand-written endpoints back failed")
+                    }
+                }
+            }
+            // The journal goes only once the store has the Service: until then it is what keeps
+            // the host copy from looking like an orphan.
+            let mut seen = false;
+            for _ in 0..100 {
+                if ctx.stores.virtual_services.get(&key).is_some() {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !seen && created.is_some() {
+                // The store lags: the next sweep clears it.
+                continue;
+            }
+        }
+        if let Err(e) = write_journal(ctx, &h, None).await {
+            tracing::warn!(service = %key, error = %e, "could not clear the re-creation journal");
+        }
+    }
+}
+
 /// Creates the deleted virtual Service again; it must not be lost, so transient failures are
 /// retried, and if its new IP was taken meanwhile it is created without one. `None` when
-/// someone else created it first.
+/// someone else created it first, or its namespace is gone or being deleted.
 async fn create_again(
     vapi: &Api<Service>,
     ns: &str,
@@ -277,6 +417,10 @@ async fn create_again(
         match vapi.create(&pp, &svc).await {
             Ok(c) => return Some(c),
             Err(kube::Error::Api(s)) if s.code == 409 => return None,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+                tracing::info!(service = %format!("{ns}/{name}"), reason = %s.message, "not re-created: its namespace is gone");
+                return None;
+            }
             Err(kube::Error::Api(s))
                 if s.code == 422 && svc.spec.as_ref().is_some_and(|s| s.cluster_ip.is_some()) =>
             {
@@ -322,16 +466,7 @@ async fn guard_endpoints(ctx: &Context, eps: &Api<Endpoints>, mut latest: Endpoi
             latest = current.as_ref().clone();
             continue;
         }
-        let again = Endpoints {
-            metadata: ObjectMeta {
-                name: latest.metadata.name.clone(),
-                namespace: latest.metadata.namespace.clone(),
-                labels: latest.metadata.labels.clone(),
-                annotations: latest.metadata.annotations.clone(),
-                ..Default::default()
-            },
-            subsets: latest.subsets.clone(),
-        };
+        let again = fresh_endpoints(&latest);
         match eps.create(&PostParams::default(), &again).await {
             Ok(_) => tracing::info!(endpoints = %key, "hand-written endpoints put back"),
             // The store lags behind the API: it is there.
@@ -349,6 +484,45 @@ pub fn orphans(ctx: &Context) -> Vec<Arc<Service>> {
         .into_iter()
         .filter(|h| {
             translate::origin(h.meta()).is_none_or(|o| !ctx.is_recreating(&o.namespace, &o.name))
+                && journal_of(h).is_none()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_survives_the_round_trip_through_an_annotation() {
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some("10.96.7.7".into()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let journal = Journal {
+            service: svc,
+            endpoints: None,
+        };
+        let mut host = Service::default();
+        host.metadata.annotations = Some(
+            [(
+                RECREATE_JOURNAL.to_string(),
+                serde_json::to_string(&journal).expect("serialisable"),
+            )]
+            .into(),
+        );
+        assert_eq!(journal_of(&host), Some(journal));
+        // Garbage (a tenant cannot write host annotations, but a person can) is no journal.
+        host.metadata.annotations = Some([(RECREATE_JOURNAL.to_string(), "{".to_string())].into());
+        assert_eq!(journal_of(&host), None);
+        assert_eq!(journal_of(&Service::default()), None);
+    }
 }
