@@ -42,14 +42,16 @@ pub fn hash_of<K: Resource>(obj: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
-pub async fn ensure<K>(
+/// `store` caches the host objects, possibly as a slimmer type than `K` (see `HostPod`).
+pub async fn ensure<K, S>(
     api: &Api<K>,
-    store: &Store<K>,
+    store: &Store<S>,
     tenant: &Tenant,
     mut desired: K,
 ) -> Result<(Applied, Option<K>), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    S: Resource<DynamicType = ()> + Clone,
 {
     let hash = stamp(&mut desired);
     let name = desired.name_any();

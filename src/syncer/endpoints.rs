@@ -45,13 +45,13 @@ pub(crate) fn own_pod_ips(ctx: &Context) -> HashSet<String> {
         .host_pods
         .state()
         .iter()
-        .filter_map(|p| p.status.as_ref())
+        .map(|p| p.status())
         .flat_map(|s| {
             s.pod_ips
-                .iter()
+                .into_iter()
                 .flatten()
-                .map(|i| i.ip.clone())
-                .chain(s.pod_ip.clone())
+                .map(|i| i.ip)
+                .chain(s.pod_ip)
         })
         .collect()
 }

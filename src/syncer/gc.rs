@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Endpoints, Node, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -58,7 +58,7 @@ where
 }
 
 pub async fn sweep(ctx: &Context) {
-    let host_pods: Api<Pod> = ctx.host_api();
+    let host_pods: Api<super::host_pod::HostPod> = ctx.host_api();
     for p in pods::orphans(ctx) {
         delete(&host_pods, p.as_ref(), "pod").await;
     }

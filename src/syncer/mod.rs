@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
 pub mod gc;
+pub mod host_pod;
 pub mod ingresses;
 pub mod nodes;
 pub mod pods;
@@ -170,7 +171,7 @@ impl SyncerConfig {
 #[derive(Clone)]
 pub struct Stores {
     pub virtual_pods: Store<Pod>,
-    pub host_pods: Store<Pod>,
+    pub host_pods: Store<host_pod::HostPod>,
     pub virtual_config_maps: Store<ConfigMap>,
     pub host_config_maps: Store<ConfigMap>,
     pub virtual_secrets: Store<Secret>,
@@ -290,17 +291,6 @@ impl Context {
             tracing::warn!(error = %e, object = %obj.name_any(), "could not record event");
         }
     }
-}
-
-/// Host pods are read only for their origin, hash, node and status: the spec (containers,
-/// volumes, env) is the larger half of a pod and is dropped before caching.
-fn trim_host_pod(pod: &mut Pod) {
-    trim(pod);
-    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
-        node_name,
-        ..Default::default()
-    });
 }
 
 /// Removes fields the syncer never reads before an object is cached: a large share of an
@@ -641,14 +631,13 @@ pub async fn run(
         all.clone(),
         vec![waiting_pods, main_trigger(pod_main, gc.clone()), references],
     );
-    let (host_pods, r2, d2) = watched_store_with(
-        Api::<Pod>::namespaced(host.clone(), &host_ns),
+    let (host_pods, r2, d2) = watched_store(
+        Api::<host_pod::HostPod>::namespaced(host.clone(), &host_ns),
         owned.clone(),
         vec![
             owner_trigger_on(pod_requeue, gc.clone(), Change::Deleted),
             owner_trigger_on(pod_status, gc.clone(), Change::Applied),
         ],
-        trim_host_pod,
     );
     // An Ingress re-triggers the Secrets it terminates TLS with.
     let tls_references: Hook<Ingress> = {

@@ -14,6 +14,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
+use super::host_pod::HostPod;
 use super::{Context, SyncError, nodes, tokens};
 use crate::translate::origin;
 use crate::translate::pod::{self as translate, PodContext};
@@ -183,7 +184,7 @@ async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Sync
     // node the host chose comes back as the virtual binding; it is not a change to push down.
     let mut comparable = vpod.as_ref().clone();
     if let Some(spec) = comparable.spec.as_mut()
-        && spec.node_name == h.spec.as_ref().and_then(|s| s.node_name.clone())
+        && spec.node_name.as_deref() == h.node_name()
         && was_on_host(&vpod)
     {
         spec.node_name = None;
@@ -206,7 +207,7 @@ async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Sync
         }
     }
     if let Some(wanted) = translate::wants_token(&vpod) {
-        let renew = tokens::ensure(&ctx, &vpod, &h, &wanted).await?;
+        let renew = tokens::ensure(&ctx, &vpod, &h.metadata, &wanted).await?;
         return Ok(Action::requeue(renew));
     }
     Ok(Action::await_change())
@@ -269,7 +270,7 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
         Ok((Applied::Conflict, _)) => Ok(ctx.conflict(vpod, &host_name).await),
         Ok((_, Some(created))) => match translate::wants_token(vpod) {
             Some(wanted) => Ok(Action::requeue(
-                tokens::ensure(ctx, vpod, &created, &wanted).await?,
+                tokens::ensure(ctx, vpod, &created.metadata, &wanted).await?,
             )),
             None => Ok(Action::await_change()),
         },
@@ -291,7 +292,7 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
 
 async fn delete(
     vpod: &Pod,
-    hpod: Option<&Pod>,
+    hpod: Option<&HostPod>,
     host_api: &Api<Pod>,
     virt_api: &Api<Pod>,
 ) -> Result<Action, SyncError> {
@@ -330,12 +331,12 @@ async fn delete(
 /// Host → virtual: bind to the (virtual) node the host scheduled it on, then mirror status.
 async fn sync_up(
     vpod: &Pod,
-    hpod: &Pod,
+    hpod: &HostPod,
     ctx: &Context,
     virt_api: &Api<Pod>,
 ) -> Result<(), SyncError> {
-    let host_status = status_for_virtual(hpod.status.clone().unwrap_or_default());
-    let host_node = hpod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let host_status = status_for_virtual(hpod.status());
+    let host_node = hpod.node_name().map(str::to_string);
     let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
     let uid = vpod.metadata.uid.clone().unwrap_or_default();
     let mut just_bound = virtual_node.is_none() && ctx.bindings.pending(&uid);
@@ -468,7 +469,7 @@ fn without_condition_times(mut status: serde_json::Value) -> serde_json::Value {
 }
 
 /// Host pods whose virtual pod is gone (or never was), for the garbage collector.
-pub fn orphans(ctx: &Context) -> Vec<Arc<Pod>> {
+pub fn orphans(ctx: &Context) -> Vec<Arc<HostPod>> {
     super::orphans_of(&ctx.stores.host_pods, &ctx.stores.virtual_pods)
         .into_iter()
         .filter(|h| h.metadata.deletion_timestamp.is_none())

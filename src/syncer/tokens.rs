@@ -46,11 +46,12 @@ fn renew_in(secret: &Secret) -> Option<i64> {
 pub async fn ensure(
     ctx: &Context,
     vpod: &Pod,
-    host_pod: &Pod,
+    host_pod: &kube::api::ObjectMeta,
     wanted: &Wanted,
 ) -> Result<Duration, SyncError> {
     let tenant = ctx.tenant();
-    let name = secret_name(&host_pod.name_any());
+    let host_pod_name = host_pod.name.clone().unwrap_or_default();
+    let name = secret_name(&host_pod_name);
     let cached = ctx
         .stores
         .host_secrets
@@ -103,11 +104,11 @@ pub async fn ensure(
                 (ISSUED.to_string(), issued.to_string()),
                 (EXPIRES.to_string(), expires.to_string()),
             ])),
-            owner_references: host_pod.metadata.uid.clone().map(|uid| {
+            owner_references: host_pod.uid.clone().map(|uid| {
                 vec![OwnerReference {
                     api_version: Pod::api_version(&()).into(),
                     kind: Pod::kind(&()).into(),
-                    name: host_pod.name_any(),
+                    name: host_pod_name.clone(),
                     uid,
                     ..Default::default()
                 }]
