@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
-/// Labels and annotations of vkube's own (ownership, origin, desired hash) start with this.
-const OWN_PREFIX: &str = "vkube.dev/";
+// vkube's own labels and annotations (ownership, origin, desired hash) carry this prefix.
+use crate::translate::RESERVED_PREFIX;
 
 #[derive(kube::Resource, Clone, Debug, Deserialize)]
 #[resource(inherit = Pod)]
@@ -51,7 +51,7 @@ fn own_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error>
     meta.managed_fields = None;
     let own = |m: &mut Option<BTreeMap<String, String>>| {
         if let Some(map) = m.as_mut() {
-            map.retain(|k, _| k.starts_with(OWN_PREFIX));
+            map.retain(|k, _| k.starts_with(RESERVED_PREFIX));
         }
     };
     own(&mut meta.labels);

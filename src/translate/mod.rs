@@ -213,15 +213,19 @@ pub const HOST_MIRROR: &str = "vkube.dev/host-mirror";
 /// A host object's labels without vkube's own prefix (a host label must not forge ownership),
 /// plus [`HOST_MIRROR`]: the labels of a virtual mirror.
 pub fn mirror_labels(host: &ObjectMeta) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = host
-        .labels
+    let mut labels = unreserved_labels(host);
+    labels.insert(HOST_MIRROR.into(), "true".into());
+    labels
+}
+
+/// A host object's labels without vkube's own prefix.
+pub fn unreserved_labels(host: &ObjectMeta) -> BTreeMap<String, String> {
+    host.labels
         .iter()
         .flatten()
         .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.insert(HOST_MIRROR.into(), "true".into());
-    labels
+        .collect()
 }
 
 /// Whether `have` already shows everything in `want` (objects compared key by key, extra keys

@@ -8,8 +8,6 @@ use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 
-use super::RESERVED_PREFIX;
-
 /// Label on virtual nodes that vkube created (and may delete); user-made nodes never carry it.
 pub const VIRTUAL_NODE_LABEL: &str = "vkube.dev/virtual-node";
 
@@ -39,14 +37,7 @@ pub fn trim_host_node(node: &mut Node) {
 /// The virtual node for host node `host` (pure). Labels are the host's except vkube's own
 /// prefix (a host label must not forge the ownership label), plus the ownership label.
 pub fn mirror(host: &Node) -> Node {
-    let mut labels: BTreeMap<String, String> = host
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut labels = super::unreserved_labels(&host.metadata);
     let mirrored = labels.keys().cloned().collect::<Vec<_>>().join(",");
     labels.insert(VIRTUAL_NODE_LABEL.into(), "true".into());
     let spec = host.spec.as_ref().map(|s| NodeSpec {
