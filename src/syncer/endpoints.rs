@@ -45,14 +45,7 @@ pub(crate) fn own_pod_ips(ctx: &Context) -> HashSet<String> {
         .host_pods
         .state()
         .iter()
-        .map(|p| p.status())
-        .flat_map(|s| {
-            s.pod_ips
-                .into_iter()
-                .flatten()
-                .map(|i| i.ip)
-                .chain(s.pod_ip)
-        })
+        .flat_map(|p| p.pod_ips().to_vec())
         .collect()
 }
 

@@ -19,9 +19,38 @@ pub struct HostPod {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HostPodSpec,
-    /// The status as compact JSON (see [`HostPod::status`]).
-    #[serde(default, deserialize_with = "compact_status")]
-    status: Option<Box<str>>,
+    #[serde(default)]
+    status: CompactStatus,
+}
+
+/// The status as the compact JSON it is copied up as, and the pod's IPs (read on their own when
+/// endpoints are checked against the tenant's pods).
+#[derive(Clone, Debug, Default)]
+struct CompactStatus {
+    json: Option<Box<str>>,
+    pod_ips: Box<[String]>,
+}
+
+impl<'de> Deserialize<'de> for CompactStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Some(status) = Option::<PodStatus>::deserialize(d)? else {
+            return Ok(CompactStatus::default());
+        };
+        let json = serde_json::to_string(&status).map_err(serde::de::Error::custom)?;
+        let mut pod_ips: Vec<String> = status
+            .pod_ips
+            .into_iter()
+            .flatten()
+            .map(|i| i.ip)
+            .chain(status.pod_ip)
+            .collect();
+        pod_ips.sort();
+        pod_ips.dedup();
+        Ok(CompactStatus {
+            json: Some(json.into_boxed_str()),
+            pod_ips: pod_ips.into_boxed_slice(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -34,9 +63,14 @@ impl HostPod {
     /// What the host reports about the pod (empty before the API server set any).
     pub fn status(&self) -> PodStatus {
         self.status
+            .json
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default()
+    }
+
+    pub fn pod_ips(&self) -> &[String] {
+        &self.status.pod_ips
     }
 
     pub fn node_name(&self) -> Option<&str> {
@@ -57,14 +91,6 @@ fn own_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error>
     own(&mut meta.labels);
     own(&mut meta.annotations);
     Ok(meta)
-}
-
-fn compact_status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
-    let status = Option::<PodStatus>::deserialize(d)?;
-    status
-        .map(|s| serde_json::to_string(&s).map(String::into_boxed_str))
-        .transpose()
-        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -103,6 +129,7 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.244.0.7"));
         assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+        assert_eq!(p.pod_ips(), ["10.244.0.7".to_string()]);
     }
 
     #[test]
@@ -112,5 +139,6 @@ mod tests {
                 .expect("a pod");
         assert_eq!(p.node_name(), None);
         assert_eq!(p.status(), PodStatus::default());
+        assert!(p.pod_ips().is_empty());
     }
 }

@@ -319,9 +319,10 @@ pub fn journal_of(host: &Service) -> Option<Journal> {
 
 fn host_copy_of(ctx: &Context, vsvc: &Service) -> Option<Arc<Service>> {
     let tenant = ctx.tenant();
-    let host_name = translate::service::to_host(vsvc, tenant, ctx.config.service_policy)
-        .service
-        .name_any();
+    let host_name = tenant.label_name(
+        vsvc.metadata.namespace.as_deref().unwrap_or_default(),
+        &vsvc.name_any(),
+    );
     ctx.stores
         .host_services
         .get(&ObjectRef::new(&host_name).within(&tenant.host_namespace))
