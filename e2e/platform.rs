@@ -7,7 +7,7 @@
 //! --with-vkube-image); otherwise it prints SKIPPED with the reason.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, unique};
@@ -96,23 +96,8 @@ impl Dev {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if stdin.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().unwrap();
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .env("HOME", self.dir.path());
+        common::output_of(cmd, stdin)
     }
 
     fn vkube(&self, args: &[&str]) -> Output {

@@ -17,29 +17,9 @@ SUFFIX=""
 for ((i = 0; i < ${#EXTRA[@]}; i++)); do
   [[ "${EXTRA[$i]}" == "--concurrency" ]] && SUFFIX="-c${EXTRA[$((i + 1))]:-}"
 done
-OUT_DIR="$ROOT/.cache/bench"; mkdir -p "$OUT_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/vkube-bench-proxy.XXXXXX")"
-cleanup() {
-  [[ -n "${SERVE_PID:-}" ]] && kill -TERM "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true
-  "$HACK_DIR/host-cluster.sh" down --dir "$WORK/host" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-BIN="$("$HACK_DIR/build-components.sh")"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
-HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes 8)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"$VKUBE" serve --name bench --host-kubeconfig "$HOST_KUBECONFIG" --create-namespace \
-  --bin-dir "$BIN" --data-dir "$WORK/vc" --listen "127.0.0.1:$PORT" \
-  --kubeconfig-out "$WORK/kubeconfig" > "$WORK/serve.log" 2>&1 &
-SERVE_PID=$!
-until [[ -f "$WORK/kubeconfig" ]]; do
-  kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$WORK/serve.log" >&2; exit 1; }
-  sleep 0.1
-done
+source "$HACK_DIR/bench-tenant.sh"
+bench_start proxy 8
 "$VKUBE" bench proxy --kubeconfig "$WORK/kubeconfig" --name bench --data-dir "$WORK/vc" \
   --host-kubeconfig "$HOST_KUBECONFIG" --output "$OUT_DIR/proxy$SUFFIX.json" "${EXTRA[@]}" > /dev/null
-cp "$WORK/serve.log" "$OUT_DIR/serve-proxy$SUFFIX.log"
+bench_keep_log "proxy$SUFFIX"
 echo "JSON: $OUT_DIR/proxy$SUFFIX.json (vkube serve log: $OUT_DIR/serve-proxy$SUFFIX.log)" >&2

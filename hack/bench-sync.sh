@@ -26,38 +26,18 @@ if [[ -n "$SPLIT" ]]; then
   command -v taskset >/dev/null || { echo "--split-cpus needs taskset (util-linux)" >&2; exit 2; }
   MODE="$MODE-split"
 fi
-OUT_DIR="$ROOT/.cache/bench"; mkdir -p "$OUT_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/vkube-bench-sync.XXXXXX")"
-cleanup() {
-  [[ -n "${SERVE_PID:-}" ]] && kill -TERM "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true
-  "$HACK_DIR/host-cluster.sh" down --dir "$WORK/host" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-BIN="$("$HACK_DIR/build-components.sh")"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
-NODES=$(( PODS / 100 + 3 ))
-HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$NODES")"
-SERVE_CPUS=()
+source "$HACK_DIR/bench-tenant.sh"
+SERVE_PREFIX=()
 if [[ -n "$SPLIT" ]]; then
-  for pid in $(pgrep -f -- "$WORK/host"); do taskset -a -p -c 0 "$pid" >/dev/null; done
-  SERVE_CPUS=(taskset -c 1)
+  pin_host() { for pid in $(bench_host_pids); do taskset -a -p -c 0 "$pid" >/dev/null; done; }
+  BENCH_BEFORE_SERVE=pin_host
+  SERVE_PREFIX=(taskset -c 1)
 fi
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"${SERVE_CPUS[@]}" "$VKUBE" serve --name bench --host-kubeconfig "$HOST_KUBECONFIG" --create-namespace \
-  --bin-dir "$BIN" --data-dir "$WORK/vc" --listen "127.0.0.1:$PORT" \
-  --kubeconfig-out "$WORK/kubeconfig" > "$WORK/serve.log" 2>&1 &
-SERVE_PID=$!
-until [[ -f "$WORK/kubeconfig" ]]; do
-  kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$WORK/serve.log" >&2; exit 1; }
-  sleep 0.1
-done
+bench_start sync $(( PODS / 100 + 3 )) "${SERVE_PREFIX[@]}"
 "$VKUBE" bench sync --kubeconfig "$WORK/kubeconfig" --name bench \
   --host-kubeconfig "$HOST_KUBECONFIG" --pods "$PODS" --serve-pid "$SERVE_PID" \
   --output "$OUT_DIR/sync-$PODS-$MODE.json" "${EXTRA[@]}" > /dev/null
-cp "$WORK/serve.log" "$OUT_DIR/serve-sync-$PODS-$MODE.log"
+bench_keep_log "sync-$PODS-$MODE"
 echo "JSON: $OUT_DIR/sync-$PODS-$MODE.json (vkube serve log: $OUT_DIR/serve-sync-$PODS-$MODE.log)" >&2
 if grep -v "vkube::child" "$WORK/serve.log" | grep -q "WARN\|ERROR"; then
   echo "vkube serve logged warnings during the run:" >&2

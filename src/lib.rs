@@ -11,6 +11,7 @@ pub mod kubeconfig;
 pub mod manager;
 pub mod names;
 pub mod pki;
+pub mod private_file;
 pub mod proxy;
 pub mod serve;
 pub mod syncer;

@@ -462,22 +462,10 @@ impl Pki {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| PkiError::Write {
+    crate::private_file::write(path, bytes).map_err(|source| PkiError::Write {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 fn random_serial() -> SerialNumber {

@@ -486,25 +486,10 @@ async fn publish_kubeconfig(
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| ServeError::Write {
+    crate::private_file::write(path, bytes).map_err(|source| ServeError::Write {
         path: path.into(),
         source,
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// A client of the virtual API server (loopback) acting as [`syncer::storage::MIRROR_WRITER`].

@@ -63,15 +63,17 @@ pub fn free_port() -> u16 {
 
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(kubectl_bin());
-    cmd.arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    output_of(cmd, stdin)
+}
+
+/// Runs `cmd` to its end, feeding it `stdin` (then closed) if given; stdout and stderr captured.
+pub fn output_of(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
-    let mut child = cmd.spawn().expect("kubectl runs");
+    let mut child = cmd.spawn().expect("the command runs");
     if let Some(input) = stdin {
         use std::io::Write;
         child

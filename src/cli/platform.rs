@@ -3,7 +3,6 @@
 //! developer's own kubeconfig (--kubeconfig, --context, $KUBECONFIG) and write a `vkube-NAME`
 //! context into it, as kind and vcluster do.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -474,21 +473,9 @@ fn previous_context(file: &Kubeconfig, context: &str) -> Option<String> {
 }
 
 fn save(path: &Path, file: &Kubeconfig) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_yaml::to_string(file)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("vkube.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    vkube::private_file::write(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Removes the `vkube-NAME` entries; if that context was current, the previous one is restored.

@@ -248,12 +248,7 @@ mod tests {
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     fn addr(ip: &str) -> EndpointAddress {
         EndpointAddress {

@@ -120,12 +120,7 @@ mod tests {
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     fn slice(managed_by: Option<&str>, address_type: &str, ips: &[&str]) -> EndpointSlice {
         let mut labels = BTreeMap::from([(SERVICE_NAME.to_string(), "db".to_string())]);

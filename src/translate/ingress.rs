@@ -171,12 +171,7 @@ mod tests {
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     fn service_backend(name: &str) -> IngressBackend {
         IngressBackend {

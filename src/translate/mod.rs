@@ -258,6 +258,20 @@ fn is_dns_label_part(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Fixtures shared by the translation tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Tenant;
+
+    /// The tenant "alice" in host namespace "vkube-alice".
+    pub fn tenant() -> Tenant {
+        Tenant {
+            name: "alice".into(),
+            host_namespace: "vkube-alice".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -286,12 +300,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     #[test]
     fn containment_ignores_extra_keys_but_not_changed_values() {

@@ -483,12 +483,7 @@ mod tests {
     };
     use kube::api::ObjectMeta;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     fn pod() -> Pod {
         Pod {

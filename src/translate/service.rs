@@ -173,12 +173,7 @@ mod tests {
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
 
-    fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
-    }
+    use crate::translate::test_support::tenant;
 
     fn svc(type_: &str) -> Service {
         Service {
