@@ -272,6 +272,33 @@ impl Context {
         Action::requeue(Duration::from_secs(60))
     }
 
+    /// Reports that the host refused to store the copy of `obj` (invalid there, too large), and
+    /// says when to look again: the object changing triggers a reconcile anyway.
+    pub async fn host_rejected<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        host_name: &str,
+        message: &str,
+    ) -> Action {
+        let virtual_name = format!(
+            "{}/{}",
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default()
+        );
+        self.event(
+            obj,
+            EventType::Warning,
+            "HostRejected",
+            format!(
+                "the host refused the copy of {} {virtual_name}: {}",
+                K::kind(&()).to_lowercase(),
+                message.replace(host_name, &virtual_name)
+            ),
+        )
+        .await;
+        Action::requeue(Duration::from_secs(60))
+    }
+
     /// A Kubernetes Event on a virtual object (deduplicated into a series by the recorder).
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -639,13 +666,13 @@ pub async fn run(
             owner_trigger_on(pod_status, gc.clone(), Change::Applied),
         ],
     );
-    // An Ingress re-triggers the Secrets it terminates TLS with.
+    // An Ingress re-triggers the Secrets it uses (TLS, controller annotations).
     let tls_references: Hook<Ingress> = {
         let secret_requeue = secret_requeue.clone();
         Box::new(move |ev| {
             if let Some(i) = applied(ev) {
                 let ns = i.metadata.namespace.clone().unwrap_or_default();
-                for n in crate::translate::ingress::tls_secrets(i) {
+                for n in crate::translate::ingress::referenced_secrets(i) {
                     let _ = secret_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
                 }
             }
