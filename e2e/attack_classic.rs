@@ -192,6 +192,44 @@ async fn forged_identity_headers_and_impersonation_get_no_further_than_the_calle
             "{headers:?}: {s:?}"
         );
     }
+    // The same on pod subresources, which vkube's proxy serves from the host itself (kubectl
+    // would stop at its own GET of the pod: sent raw, they reach the proxy's check).
+    let host_served = |headers: &'static [(&'static str, &'static str)]| {
+        let t = &t;
+        let token = &token;
+        async move {
+            let c = token_client(t, token, headers).await;
+            let mut refusals = Vec::new();
+            for req in [
+                http::Request::get("/api/v1/namespaces/team-b/pods/web/log"),
+                http::Request::post(
+                    "/api/v1/namespaces/team-b/pods/web/exec?command=id&stdout=true",
+                ),
+            ] {
+                refusals.push(api_error(
+                    c.request_text(req.body(Vec::new()).unwrap())
+                        .await
+                        .unwrap_err(),
+                ));
+            }
+            refusals
+        }
+    };
+    for headers in [
+        &[("impersonate-user", "system:serviceaccount:team-b:ops")][..],
+        &[
+            ("impersonate-user", "system:serviceaccount:team-a:viewer"),
+            ("impersonate-group", "system:masters"),
+        ][..],
+    ] {
+        for s in host_served(headers).await {
+            assert_eq!(s.code, 403, "{headers:?}: {s:?}");
+            assert!(
+                s.message.contains("cannot impersonate"),
+                "{headers:?}: {s:?}"
+            );
+        }
+    }
     let viewer_kc = token_kubeconfig(&t, &token, "viewer.kubeconfig");
     let as_ops = "--as=system:serviceaccount:team-b:ops";
     for args in [
@@ -204,7 +242,6 @@ async fn forged_identity_headers_and_impersonation_get_no_further_than_the_calle
             "-A",
         ][..],
         &[as_ops, "get", "secret", "crown", "-n", "kube-system"][..],
-        // Served from the host by vkube's proxy: impersonation is checked there too.
         &[as_ops, "exec", "-n", "team-b", "web", "--", "id"][..],
         &[as_ops, "logs", "-n", "team-b", "web"][..],
     ] {
@@ -256,16 +293,16 @@ async fn forged_identity_headers_and_impersonation_get_no_further_than_the_calle
         out.contains("system:serviceaccount:team-a:helper\" cannot list"),
         "{out}"
     );
-    for args in [
-        &[as_ops, "get", "secret", "crown", "-n", "kube-system"][..],
-        &[as_ops, "exec", "-n", "team-b", "web", "--", "id"][..],
-    ] {
-        let out = common::kubectl(&viewer_kc, args, None);
-        assert!(!out.status.success());
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("cannot impersonate"),
-            "{args:?}"
-        );
+    let out = common::kubectl(
+        &viewer_kc,
+        &[as_ops, "get", "secret", "crown", "-n", "kube-system"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot impersonate"));
+    for s in host_served(&[("impersonate-user", "system:serviceaccount:team-b:ops")]).await {
+        assert_eq!(s.code, 403, "{s:?}");
+        assert!(s.message.contains("cannot impersonate"), "{s:?}");
     }
 }
 
