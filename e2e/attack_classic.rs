@@ -660,6 +660,49 @@ spec: {ports: [{port: 8080}]}
         .unwrap();
     assert_eq!(stolen.data.unwrap()["owner"].0, b"vkube-serve");
 
+    // Names that blur the separator, and dotted names: distinct host objects, each knowing
+    // where it came from.
+    t.create_namespace("c");
+    t.create_namespace("b-x-c");
+    for (ns, name) in [
+        ("c", "a-x-b"),
+        ("b-x-c", "a"),
+        ("c", "web.config"),
+        ("c", "web-config"),
+    ] {
+        apply(
+            &t,
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\nstringData: {{k: v}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: uses-{}, namespace: {ns}}}\nspec:\n  containers: [{{name: main, image: registry.local/x:1, envFrom: [{{secretRef: {{name: {name}}}}}]}}]\n",
+                name.replace('.', "-dot-")
+            ),
+        );
+    }
+    let copies = eventually("the four Secrets are synced", LONG, || async {
+        let l = hsecrets
+            .list(&ListParams::default().labels(&format!("vkube.dev/managed-by={tn}")))
+            .await
+            .ok()?;
+        let found: BTreeMap<String, (String, String)> = l
+            .items
+            .into_iter()
+            .filter_map(|s| {
+                let o = (
+                    s.labels().get("vkube.dev/namespace")?.clone(),
+                    s.annotations().get("vkube.dev/name")?.clone(),
+                );
+                // (Pods' token Secrets are synced too; only the four are looked at.)
+                ["a-x-b", "a", "web.config", "web-config"]
+                    .contains(&o.1.as_str())
+                    .then(|| (s.name_any(), o))
+            })
+            .collect();
+        (found.len() == 4).then_some(found)
+    })
+    .await;
+    let origins: std::collections::BTreeSet<_> = copies.values().cloned().collect();
+    assert_eq!(origins.len(), 4, "{copies:?}");
+
     // Names the virtual API itself refuses never reach the syncer.
     for bad in ["Upper", "ünïcode", "dot.", &"a".repeat(254)] {
         let out = t.kubectl(&["create", "configmap", bad]);

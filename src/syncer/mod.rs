@@ -310,7 +310,7 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(fit_note(note)),
             action: "Sync".into(),
             secondary: None,
         };
@@ -318,6 +318,22 @@ impl Context {
             tracing::warn!(error = %e, object = %obj.name_any(), "could not record event");
         }
     }
+}
+
+/// The API server refuses an Event whose note passes 1 KiB, and the tenant would hear nothing:
+/// a long note (many refused fields, a long host message) is cut instead.
+const NOTE_MAX: usize = 1024;
+
+fn fit_note(mut note: String) -> String {
+    if note.len() > NOTE_MAX {
+        let mut end = NOTE_MAX - "...".len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    note
 }
 
 /// Removes fields the syncer never reads before an object is cached: a large share of an
@@ -1074,5 +1090,21 @@ pub fn retry_after(error: &SyncError) -> Duration {
             Duration::from_millis(500)
         }
         _ => Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_event_notes_are_cut_to_what_the_api_server_takes() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "a".repeat(NOTE_MAX);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Two bytes a character: the cut lands on a character boundary.
+        let cut = fit_note("é".repeat(NOTE_MAX));
+        assert!(cut.len() <= NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with("...") && cut.starts_with("éé"));
     }
 }
