@@ -2,6 +2,8 @@
 //! host cluster: run them with `hack/test.sh`, which starts one and sets
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
+mod attack_classic;
+mod attack_ingress;
 mod cluster_read;
 mod common;
 mod networking;

@@ -268,14 +268,16 @@ async fn ingresses_reach_translated_backends_with_their_tls_secret() {
     t.extra_args = ["--ingress-class", "public", "--ingress-class", "internal"]
         .into_iter()
         .chain(["--default-ingress-class", "public"])
+        .chain(["--ingress-host-suffix", "{name}.apps.example.com"])
         .map(String::from)
         .collect();
     t.spawn();
     t.wait_ready();
     let virt = t.client().await;
     let host = common::host_client().await;
+    let shop_host = format!("shop.{}.apps.example.com", t.name);
     apply(&t, TLS_SECRET);
-    apply(&t, INGRESS);
+    apply(&t, &INGRESS.replace("shop.example.com", &shop_host));
 
     let hing: Api<Ingress> = Api::namespaced(host.clone(), &t.namespace);
     let host_name = format!("shop-x-default-x-{}", t.name);
@@ -286,7 +288,7 @@ async fn ingresses_reach_translated_backends_with_their_tls_secret() {
     let spec = ing.spec.clone().unwrap();
     assert_eq!(spec.ingress_class_name.as_deref(), Some("public"));
     let rule = &spec.rules.unwrap()[0];
-    assert_eq!(rule.host.as_deref(), Some("shop.example.com"));
+    assert_eq!(rule.host.as_deref(), Some(shop_host.as_str()));
     let backend = rule.http.as_ref().unwrap().paths[0]
         .backend
         .service

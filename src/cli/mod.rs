@@ -231,6 +231,14 @@ struct ServeArgs {
     /// Ingress class given to tenant Ingresses that name none (default: the host's default).
     #[arg(long)]
     default_ingress_class: Option<String>,
+    /// DNS suffix the tenant's Ingress hosts must be or end in (`{name}` stands for the
+    /// tenant's name: `{name}.apps.example.com`). Without it no Ingress is published.
+    #[arg(long, env = "VKUBE_INGRESS_HOST_SUFFIX")]
+    ingress_host_suffix: Option<String>,
+    /// Let tenants create ExternalName Services on the host (default: not synced, with a
+    /// Warning Event; the tenant's pods resolve them through vkube's DNS either way).
+    #[arg(long)]
+    allow_external_name: bool,
     /// Pod Security level enforced before a pod reaches the host: baseline or restricted.
     #[arg(long, default_value = "baseline")]
     pod_security: vkube::translate::security::Level,
@@ -357,6 +365,17 @@ fn find_binary(
 }
 
 async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
+    // One template serves every tenant (the chart passes `{name}.apps.example.com`).
+    let ingress_host_suffix = args
+        .ingress_host_suffix
+        .as_deref()
+        .map(|t| vkube::translate::ingress::host_suffix_for(t, &args.name))
+        .transpose()?;
+    if let Some(suffix) = &ingress_host_suffix
+        && !suffix.split('.').any(|label| label == args.name)
+    {
+        tracing::warn!(%suffix, "the ingress host suffix does not contain the tenant's name as a label: make sure no other tenant has the same or an enclosing suffix");
+    }
     let binaries = Binaries {
         etcd: find_binary(args.etcd_bin, args.bin_dir.as_ref(), "etcd")?,
         kube_apiserver: find_binary(
@@ -398,6 +417,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             service_policy: vkube::translate::service::ServicePolicy {
                 allow_node_port: args.allow_node_port,
                 allow_load_balancer: args.allow_load_balancer,
+                allow_external_name: args.allow_external_name,
             },
             endpoint_policy: vkube::translate::endpoints::EndpointPolicy {
                 allowed: args.endpoint_allow_cidrs,
@@ -405,6 +425,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             ingress_policy: vkube::translate::ingress::IngressPolicy {
                 allowed_classes: args.ingress_classes,
                 default_class: args.default_ingress_class,
+                host_suffix: ingress_host_suffix,
             },
             pod_security: args.pod_security,
             node_sync: args.node_sync,

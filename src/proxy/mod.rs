@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,9 +31,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Not `Sync`: host responses come from kube's client body, which is `Send` only (all hyper
 /// needs).
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-type Backend = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+type Backend = Client<hyper_rustls::HttpsConnector<HttpConnector>, Limited<Incoming>>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request body forwarded to the virtual API server. Bodies stream (never buffered
+/// here); this bounds what a caller can make the API server read. Above the API server's own
+/// 3 MiB, so a request it would accept is never refused here.
+pub const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -311,6 +316,29 @@ pub(crate) fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::up
     });
 }
 
+fn too_large() -> Response<ProxyBody> {
+    status_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        &format!(
+            "the request body is larger than vkube's limit of {} MiB",
+            MAX_REQUEST_BODY / (1024 * 1024)
+        ),
+    )
+}
+
+/// Whether a failed backend request failed because the caller's body passed the limit.
+fn exceeded_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn unauthorized() -> Response<ProxyBody> {
     status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
 }
@@ -334,7 +362,17 @@ async fn forward(
             return status_response(StatusCode::BAD_REQUEST, "BadRequest", "invalid request URI");
         }
     };
-    let mut backend_req = Request::new(body);
+    // Declared too large: refused before the API server is asked. Bodies without a length
+    // (chunked) are cut off by `Limited` once they pass the limit.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return too_large();
+    }
+    let mut backend_req = Request::new(Limited::new(body, MAX_REQUEST_BODY));
     *backend_req.method_mut() = parts.method;
     *backend_req.uri_mut() = uri;
     *backend_req.version_mut() = Version::HTTP_11;
@@ -342,6 +380,7 @@ async fn forward(
 
     let mut resp = match state.backend.request(backend_req).await {
         Ok(r) => r,
+        Err(e) if exceeded_limit(&e) => return too_large(),
         Err(e) => {
             tracing::warn!(error = %e, "virtual API server unreachable");
             return status_response(

@@ -73,7 +73,7 @@ pub async fn sweep(ctx: &Context) {
     for i in ctx.stores.virtual_ingresses.state() {
         let ns = i.namespace().unwrap_or_default();
         referenced_secrets.extend(
-            translate::ingress::tls_secrets(&i)
+            translate::ingress::referenced_secrets(&i)
                 .into_iter()
                 .map(|n| (ns.clone(), n)),
         );

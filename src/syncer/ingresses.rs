@@ -1,6 +1,8 @@
-//! Ingresses, virtual → host, with backends and TLS Secrets translated (`translate::ingress`);
-//! the Secrets themselves are synced as referenced objects (see `referenced`). What the host's
-//! ingress controller publishes (load-balancer addresses) flows back up.
+//! Ingresses, virtual → host, with hosts confined to the tenant's suffix and backends and
+//! Secrets translated (`translate::ingress`); the Secrets themselves are synced as referenced
+//! objects (see `referenced`). A refused Ingress is not published (and a copy published before
+//! is removed), with a Warning Event naming each refused field. What the host's ingress
+//! controller publishes (load-balancer addresses) flows back up.
 
 use std::sync::Arc;
 
@@ -44,7 +46,7 @@ async fn reconcile(ving: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, Sync
                 format!("{refusal}; the ingress is not published on the host"),
             )
             .await;
-            // A copy made before the class changed must not keep routing.
+            // A copy made before the Ingress or the policy changed must not keep routing.
             let existing = ctx
                 .stores
                 .host_ingresses
@@ -56,12 +58,15 @@ async fn reconcile(ving: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, Sync
         }
     };
     report_dropped(&ctx, &ving, &host).await;
-    if let (Applied::Conflict, _) =
-        apply::ensure(&api, &ctx.stores.host_ingresses, tenant, host.ingress)
-            .await
-            .map_err(SyncError::Host)?
-    {
-        return Ok(ctx.conflict(ving.as_ref(), &host_name).await);
+    match apply::ensure(&api, &ctx.stores.host_ingresses, tenant, host.ingress).await {
+        Ok((Applied::Conflict, _)) => return Ok(ctx.conflict(ving.as_ref(), &host_name).await),
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 413 => {
+            return Ok(ctx
+                .host_rejected(ving.as_ref(), &host_name, &s.message)
+                .await);
+        }
+        Err(e) => return Err(SyncError::Host(e)),
     }
     // Load-balancer addresses are the host ingress controller's to know.
     if let Some(h) = ctx
@@ -89,13 +94,18 @@ async fn reconcile(ving: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, Sync
 /// Tells the tenant what of its Ingress the host does not get.
 async fn report_dropped(ctx: &Context, ving: &Ingress, host: &HostIngress) {
     if !host.dropped_annotations.is_empty() {
+        let dropped: Vec<String> = host
+            .dropped_annotations
+            .iter()
+            .map(|(key, why)| format!("{key} ({why})"))
+            .collect();
         ctx.event(
             ving,
             EventType::Warning,
             "IngressAnnotationDropped",
             format!(
-                "not copied to the host (raw controller configuration is not allowed): {}",
-                host.dropped_annotations.join(", ")
+                "not copied to the host, remove them: {}",
+                dropped.join("; ")
             ),
         )
         .await;

@@ -272,6 +272,33 @@ impl Context {
         Action::requeue(Duration::from_secs(60))
     }
 
+    /// Reports that the host refused to store the copy of `obj` (invalid there, too large), and
+    /// says when to look again: the object changing triggers a reconcile anyway.
+    pub async fn host_rejected<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        host_name: &str,
+        message: &str,
+    ) -> Action {
+        let virtual_name = format!(
+            "{}/{}",
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default()
+        );
+        self.event(
+            obj,
+            EventType::Warning,
+            "HostRejected",
+            format!(
+                "the host refused the copy of {} {virtual_name}: {}",
+                K::kind(&()).to_lowercase(),
+                message.replace(host_name, &virtual_name)
+            ),
+        )
+        .await;
+        Action::requeue(Duration::from_secs(60))
+    }
+
     /// A Kubernetes Event on a virtual object (deduplicated into a series by the recorder).
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -283,7 +310,7 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(fit_note(note)),
             action: "Sync".into(),
             secondary: None,
         };
@@ -291,6 +318,22 @@ impl Context {
             tracing::warn!(error = %e, object = %obj.name_any(), "could not record event");
         }
     }
+}
+
+/// The API server refuses an Event whose note passes 1 KiB, and the tenant would hear nothing:
+/// a long note (many refused fields, a long host message) is cut instead.
+const NOTE_MAX: usize = 1024;
+
+fn fit_note(mut note: String) -> String {
+    if note.len() > NOTE_MAX {
+        let mut end = NOTE_MAX - "...".len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    note
 }
 
 /// Removes fields the syncer never reads before an object is cached: a large share of an
@@ -639,13 +682,13 @@ pub async fn run(
             owner_trigger_on(pod_status, gc.clone(), Change::Applied),
         ],
     );
-    // An Ingress re-triggers the Secrets it terminates TLS with.
+    // An Ingress re-triggers the Secrets it uses (TLS, controller annotations).
     let tls_references: Hook<Ingress> = {
         let secret_requeue = secret_requeue.clone();
         Box::new(move |ev| {
             if let Some(i) = applied(ev) {
                 let ns = i.metadata.namespace.clone().unwrap_or_default();
-                for n in crate::translate::ingress::tls_secrets(i) {
+                for n in crate::translate::ingress::referenced_secrets(i) {
                     let _ = secret_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
                 }
             }
@@ -1047,5 +1090,21 @@ pub fn retry_after(error: &SyncError) -> Duration {
             Duration::from_millis(500)
         }
         _ => Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_event_notes_are_cut_to_what_the_api_server_takes() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "a".repeat(NOTE_MAX);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Two bytes a character: the cut lands on a character boundary.
+        let cut = fit_note("é".repeat(NOTE_MAX));
+        assert!(cut.len() <= NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with("...") && cut.starts_with("éé"));
     }
 }

@@ -75,13 +75,18 @@ async fn reconcile<K: Referenced>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let api: Api<K> = ctx.host_api();
-    if let (Applied::Conflict, _) = apply::ensure(&api, K::host_store(&ctx.stores), tenant, desired)
-        .await
-        .map_err(SyncError::Host)?
-    {
-        return Ok(ctx.conflict(obj.as_ref(), &host_name).await);
+    match apply::ensure(&api, K::host_store(&ctx.stores), tenant, desired).await {
+        Ok((Applied::Conflict, _)) => Ok(ctx.conflict(obj.as_ref(), &host_name).await),
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 413 => {
+            // Too large once vkube's own annotations are added, say: retrying cannot help
+            // until the object changes, and the tenant must hear why.
+            Ok(ctx
+                .host_rejected(obj.as_ref(), &host_name, &s.message)
+                .await)
+        }
+        Err(e) => Err(SyncError::Host(e)),
     }
-    Ok(Action::await_change())
 }
 
 /// Host copies whose virtual object is gone or no longer wanted. `referenced` holds the

@@ -1,5 +1,5 @@
-//! Secrets: synced while a virtual pod or Ingress (TLS) references them (see `referenced`).
-//! Secret data is never logged.
+//! Secrets: synced while a virtual pod or Ingress (TLS, controller annotations) references them
+//! (see `referenced`). Secret data is never logged.
 
 use std::collections::BTreeSet;
 
@@ -23,11 +23,11 @@ impl Referenced for Secret {
     fn names(refs: References) -> BTreeSet<String> {
         refs.secrets
     }
-    /// Ingresses terminate TLS with a Secret of their namespace.
+    /// Ingresses terminate TLS with (or authenticate by) Secrets of their namespace.
     fn referenced_elsewhere(stores: &Stores, namespace: &str, name: &str) -> bool {
         stores.virtual_ingresses.state().iter().any(|i| {
             i.metadata.namespace.as_deref() == Some(namespace)
-                && translate::ingress::tls_secrets(i).contains(name)
+                && translate::ingress::referenced_secrets(i).contains(name)
         })
     }
     fn to_host(&self, tenant: &Tenant) -> Self {

@@ -46,7 +46,27 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
         return show_api_service(&ctx, &vsvc).await;
     }
     let tenant = ctx.tenant();
-    let mut host = translate::service::to_host(&vsvc, tenant, ctx.config.service_policy);
+    let mut host = match translate::service::to_host(&vsvc, tenant, ctx.config.service_policy) {
+        Ok(h) => h,
+        Err(refusal) => return not_synced(&ctx, &vsvc, refusal).await,
+    };
+    if !host.dropped.is_empty() {
+        let dropped: Vec<String> = host
+            .dropped
+            .iter()
+            .map(|(field, why)| format!("{field} ({why})"))
+            .collect();
+        ctx.event(
+            vsvc.as_ref(),
+            EventType::Warning,
+            "ServiceFieldNotAllowed",
+            format!(
+                "not copied to the host, remove them: {}",
+                dropped.join("; ")
+            ),
+        )
+        .await;
+    }
     if let Some(from) = &host.downgraded_from {
         ctx.event(
             vsvc.as_ref(),
@@ -80,7 +100,15 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
         }
         other => other,
     };
-    let (result, written) = applied.map_err(SyncError::Host)?;
+    let (result, written) = match applied {
+        Ok(a) => a,
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 413 => {
+            return Ok(ctx
+                .host_rejected(vsvc.as_ref(), &host_name, &s.message)
+                .await);
+        }
+        Err(e) => return Err(SyncError::Host(e)),
+    };
     if result == Applied::Conflict {
         return Ok(ctx.conflict(vsvc.as_ref(), &host_name).await);
     }
@@ -116,6 +144,27 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
             return Ok(Action::await_change());
         }
         return recreate(&ctx, &vsvc, again).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// A Service the policy keeps off the host: the tenant is told, and a copy made before (when
+/// the Service had another type, or the policy allowed it) is removed.
+async fn not_synced(
+    ctx: &Context,
+    vsvc: &Service,
+    refusal: translate::service::ServiceRefusal,
+) -> Result<Action, SyncError> {
+    ctx.event(
+        vsvc,
+        EventType::Warning,
+        "ServiceNotAllowed",
+        refusal.to_string(),
+    )
+    .await;
+    if let Some(h) = host_copy_of(ctx, vsvc) {
+        let api: Api<Service> = ctx.host_api();
+        super::gc::delete(&api, h.as_ref(), "service").await;
     }
     Ok(Action::await_change())
 }

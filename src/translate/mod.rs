@@ -448,5 +448,47 @@ mod tests {
             // Stable: the same input gives the same output.
             prop_assert_eq!(label.clone(), host_name(&ns, &label_name, &vc, DNS_LABEL_MAX));
         }
+
+        #[test]
+        fn every_host_name_ends_in_the_tenant_or_a_hash(
+            ns in dns_label(),
+            name in dns_subdomain(),
+            vc in prop::sample::select(vec!["alice", "a-x", "x-b", "certs"]),
+        ) {
+            for limit in [DNS_LABEL_MAX, DNS_SUBDOMAIN_MAX] {
+                let out = host_name(&ns, &name, vc, limit);
+                prop_assert!(translation_shaped(&out, vc), "{}", out);
+            }
+        }
+    }
+
+    /// Whether `name` has the shape of a translated name of tenant `vc`: the plain form ends in
+    /// `-x-VC`, the shortened one in `-` and ten hex digits (or is `h` and hex digits).
+    fn translation_shaped(name: &str, vc: &str) -> bool {
+        let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        name.ends_with(&format!("{SEPARATOR}{vc}"))
+            || name
+                .rsplit_once('-')
+                .is_some_and(|(_, tail)| tail.len() == HASH_LEN && hex(tail))
+            || name.strip_prefix('h').is_some_and(hex)
+    }
+
+    #[test]
+    fn no_virtual_name_translates_to_the_host_objects_vkube_itself_keeps() {
+        // The credentials and kubeconfig Secrets, the API Service and the datastore claim: no
+        // (namespace, name) the tenant chooses can be translated to them, so a same-named
+        // virtual object always lands beside them. (A tenant name whose last label is ten hex
+        // digits would make `vkube-NAME` hash-shaped; it is then the ownership label that keeps
+        // the Service safe: HostNameConflict.)
+        for vc in ["alice", "a-x", "x-b", "certs", "team-1"] {
+            for reserved in [
+                format!("vkube-{vc}-certs"),
+                format!("vkube-{vc}-kubeconfig"),
+                format!("vkube-{vc}"),
+                "data-vkube-0".to_string(),
+            ] {
+                assert!(!translation_shaped(&reserved, vc), "{reserved} for {vc}");
+            }
+        }
     }
 }

@@ -1,6 +1,14 @@
 //! Services: same ports, selector confined to the tenant's pods of the same virtual namespace.
-//! NodePort and LoadBalancer are allowed only if the admin's policy says so; otherwise the host
-//! Service is a ClusterIP and the caller reports the downgrade as an Event.
+//!
+//! The host copy is built from an allow-list of spec fields, never copied whole: what a field
+//! does on the host decides. NodePort and LoadBalancer are allowed only if the admin's policy
+//! says so; otherwise the host Service is a ClusterIP and the caller reports the downgrade as an
+//! Event. ExternalName Services are not synced unless allowed: on the host an ExternalName is a
+//! DNS alias in the host's cluster DNS that ingress controllers and other host components follow
+//! on the tenant's behalf (a confused deputy); the tenant's own pods resolve it through vkube's
+//! DNS, which answers from the virtual Service. Fields and annotations that claim addresses
+//! (`externalIPs`, CVE-2020-8554: intercepting traffic to any IP; `loadBalancerIP` and the
+//! load-balancer implementations' IP annotations) are left out, with an Event.
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
@@ -11,6 +19,15 @@ use super::endpoints::Cidr;
 pub struct ServicePolicy {
     pub allow_node_port: bool,
     pub allow_load_balancer: bool,
+    pub allow_external_name: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceRefusal {
+    #[error(
+        "ExternalName services are not copied to the host: there an ExternalName is a DNS alias that host components (ingress controllers) follow on the tenant's behalf. Pods of this virtual cluster still resolve it through the cluster DNS; the platform can allow them with vkube serve --allow-external-name"
+    )]
+    ExternalNameNotAllowed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,9 +35,29 @@ pub struct HostService {
     pub service: Service,
     /// Set when the virtual type was not allowed and the host copy is a ClusterIP instead.
     pub downgraded_from: Option<String>,
+    /// Fields and annotations set on the virtual Service that the host copy leaves out, each
+    /// with the reason (only those the tenant should hear about).
+    pub dropped: Vec<(String, &'static str)>,
 }
 
-pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostService {
+const CLAIMS_ADDRESSES: &str =
+    "claims addresses on the host network, possibly another tenant's (CVE-2020-8554)";
+
+/// Load-balancer implementations' annotations that pick a specific address or share one with
+/// other Services: like `loadBalancerIP`, a claim on an address that may be someone else's.
+const ADDRESS_ANNOTATIONS: &[&str] = &[
+    "metallb.universe.tf/loadBalancerIPs",
+    "metallb.universe.tf/allow-shared-ip",
+    "metallb.io/loadBalancerIPs",
+    "metallb.io/allow-shared-ip",
+    "kube-vip.io/loadbalancerIPs",
+];
+
+pub fn to_host(
+    v: &Service,
+    tenant: &Tenant,
+    policy: ServicePolicy,
+) -> Result<HostService, ServiceRefusal> {
     let ns = v.metadata.namespace.clone().unwrap_or_default();
     let name = v.metadata.name.clone().unwrap_or_default();
     let vspec = v.spec.clone().unwrap_or_default();
@@ -28,6 +65,9 @@ pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostServi
     let allowed = match vtype.as_str() {
         "NodePort" => policy.allow_node_port,
         "LoadBalancer" => policy.allow_load_balancer,
+        "ExternalName" if !policy.allow_external_name => {
+            return Err(ServiceRefusal::ExternalNameNotAllowed);
+        }
         _ => true,
     };
     let host_type = if allowed {
@@ -36,13 +76,31 @@ pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostServi
         "ClusterIP".into()
     };
     let headless = vspec.cluster_ip.as_deref() == Some("None");
+    let external_name = host_type == "ExternalName";
     let exposes_nodes = host_type == "NodePort" || host_type == "LoadBalancer";
+    let load_balancer = host_type == "LoadBalancer";
+    let mut dropped = Vec::new();
+    if vspec
+        .external_ips
+        .as_ref()
+        .is_some_and(|ips| !ips.is_empty())
+    {
+        dropped.push(("spec.externalIPs".to_string(), CLAIMS_ADDRESSES));
+    }
+    if vspec
+        .load_balancer_ip
+        .as_ref()
+        .is_some_and(|ip| !ip.is_empty())
+    {
+        dropped.push(("spec.loadBalancerIP".to_string(), CLAIMS_ADDRESSES));
+    }
     let mut ports = vspec.ports.clone();
     if !exposes_nodes {
         for p in ports.iter_mut().flatten() {
             p.node_port = None;
         }
     }
+    // The allow-list: every field of ServiceSpec is named here, copied or not, and why.
     let spec = ServiceSpec {
         type_: Some(host_type.clone()),
         ports,
@@ -53,7 +111,8 @@ pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostServi
         // The host allocates its own ClusterIP; only "None" (headless) is carried over.
         cluster_ip: headless.then(|| "None".to_string()),
         cluster_ips: headless.then(|| vec!["None".to_string()]),
-        external_name: vspec.external_name.clone(),
+        external_name: external_name.then(|| vspec.external_name.clone()).flatten(),
+        // These shape only this Service's own routing.
         session_affinity: vspec.session_affinity.clone(),
         session_affinity_config: vspec.session_affinity_config.clone(),
         publish_not_ready_addresses: vspec.publish_not_ready_addresses,
@@ -61,33 +120,43 @@ pub fn to_host(v: &Service, tenant: &Tenant, policy: ServicePolicy) -> HostServi
         ip_family_policy: vspec.ip_family_policy.clone(),
         internal_traffic_policy: vspec.internal_traffic_policy.clone(),
         traffic_distribution: vspec.traffic_distribution.clone(),
-        // externalIPs let a tenant capture traffic for arbitrary addresses (CVE-2020-8554).
+        external_traffic_policy: exposes_nodes
+            .then(|| vspec.external_traffic_policy.clone())
+            .flatten(),
+        load_balancer_class: load_balancer
+            .then(|| vspec.load_balancer_class.clone())
+            .flatten(),
+        allocate_load_balancer_node_ports: load_balancer
+            .then_some(vspec.allocate_load_balancer_node_ports)
+            .flatten(),
+        // Narrows who reaches the load balancer: leaving it out would open it wider than asked.
+        load_balancer_source_ranges: load_balancer
+            .then(|| vspec.load_balancer_source_ranges.clone())
+            .flatten(),
+        // Addresses are the host's to give (see `dropped`).
         external_ips: None,
-        external_traffic_policy: if exposes_nodes {
-            vspec.external_traffic_policy.clone()
-        } else {
-            None
-        },
-        load_balancer_class: if host_type == "LoadBalancer" {
-            vspec.load_balancer_class.clone()
-        } else {
-            None
-        },
-        allocate_load_balancer_node_ports: if host_type == "LoadBalancer" {
-            vspec.allocate_load_balancer_node_ports
-        } else {
-            None
-        },
-        ..Default::default()
+        load_balancer_ip: None,
+        // A node port of the tenant's choosing; the host allocates one (the virtual API sets
+        // it on every LoadBalancer Service with traffic policy Local, so it is not reported).
+        health_check_node_port: None,
     };
-    HostService {
+    let mut metadata = v.metadata.clone();
+    if let Some(a) = metadata.annotations.as_mut() {
+        for key in ADDRESS_ANNOTATIONS {
+            if a.remove(*key).is_some() {
+                dropped.push((format!("metadata.annotations[{key}]"), CLAIMS_ADDRESSES));
+            }
+        }
+    }
+    Ok(HostService {
         service: Service {
-            metadata: tenant.host_meta(&v.metadata, tenant.label_name(&ns, &name)),
+            metadata: tenant.host_meta(&metadata, tenant.label_name(&ns, &name)),
             spec: Some(spec),
             status: None,
         },
         downgraded_from: (!allowed).then_some(vtype),
-    }
+        dropped,
+    })
 }
 
 /// A Service that gets a cluster IP of its own (not headless, not ExternalName).
@@ -200,7 +269,7 @@ mod tests {
 
     #[test]
     fn selector_and_name_are_translated_and_ip_left_to_the_host() {
-        let h = to_host(&svc("ClusterIP"), &tenant(), ServicePolicy::default());
+        let h = to_host(&svc("ClusterIP"), &tenant(), ServicePolicy::default()).unwrap();
         assert_eq!(h.downgraded_from, None);
         assert_eq!(
             h.service.metadata.name.as_deref(),
@@ -217,39 +286,178 @@ mod tests {
 
     #[test]
     fn node_ports_are_downgraded_unless_allowed() {
-        let h = to_host(&svc("NodePort"), &tenant(), ServicePolicy::default());
+        let h = to_host(&svc("NodePort"), &tenant(), ServicePolicy::default()).unwrap();
         assert_eq!(h.downgraded_from.as_deref(), Some("NodePort"));
         let spec = h.service.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(spec.ports.unwrap()[0].node_port, None);
         let allowed = ServicePolicy {
             allow_node_port: true,
-            allow_load_balancer: false,
+            ..Default::default()
         };
-        let h = to_host(&svc("NodePort"), &tenant(), allowed);
+        let h = to_host(&svc("NodePort"), &tenant(), allowed).unwrap();
         assert_eq!(h.downgraded_from, None);
         assert_eq!(h.service.spec.unwrap().type_.as_deref(), Some("NodePort"));
     }
 
+    const EXTERNAL_NAME_ALLOWED: ServicePolicy = ServicePolicy {
+        allow_node_port: false,
+        allow_load_balancer: false,
+        allow_external_name: true,
+    };
+
+    fn external_name() -> Service {
+        let mut e = svc("ExternalName");
+        let spec = e.spec.as_mut().unwrap();
+        spec.external_name = Some("db.example.com".into());
+        spec.selector = None;
+        spec.external_ips = None;
+        e
+    }
+
     #[test]
-    fn headless_and_external_name_are_kept() {
+    fn headless_is_kept_and_external_name_only_when_allowed() {
         let mut v = svc("ClusterIP");
         v.spec.as_mut().unwrap().cluster_ip = Some("None".into());
         let spec = to_host(&v, &tenant(), ServicePolicy::default())
+            .unwrap()
             .service
             .spec
             .unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
-        let mut e = svc("ExternalName");
-        e.spec.as_mut().unwrap().external_name = Some("db.example.com".into());
-        e.spec.as_mut().unwrap().selector = None;
-        let spec = to_host(&e, &tenant(), ServicePolicy::default())
+        assert_eq!(
+            to_host(&external_name(), &tenant(), ServicePolicy::default()),
+            Err(ServiceRefusal::ExternalNameNotAllowed)
+        );
+        let spec = to_host(&external_name(), &tenant(), EXTERNAL_NAME_ALLOWED)
+            .unwrap()
             .service
             .spec
             .unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ExternalName"));
         assert_eq!(spec.external_name.as_deref(), Some("db.example.com"));
         assert_eq!(spec.selector, None);
+        // An externalName left on a Service of another type does not follow it to the host.
+        let mut stale = svc("ClusterIP");
+        stale.spec.as_mut().unwrap().external_name = Some("kubernetes.default".into());
+        let spec = to_host(&stale, &tenant(), EXTERNAL_NAME_ALLOWED)
+            .unwrap()
+            .service
+            .spec
+            .unwrap();
+        assert_eq!(spec.external_name, None);
+    }
+
+    /// A Service with every spec field set, as a tenant could write it.
+    fn everything(type_: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {
+                "metallb.universe.tf/loadBalancerIPs": "192.0.2.10",
+                "metallb.io/allow-shared-ip": "bobs-key",
+                "example.com/kept": "yes",
+            }},
+            "spec": {
+                "type": type_,
+                "allocateLoadBalancerNodePorts": false,
+                "clusterIP": "10.96.1.1",
+                "clusterIPs": ["10.96.1.1"],
+                "externalIPs": ["203.0.113.9", "10.96.0.1"],
+                "externalName": "api.bob.example.com",
+                "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 32000,
+                "internalTrafficPolicy": "Local",
+                "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack",
+                "loadBalancerClass": "example.com/internal",
+                "loadBalancerIP": "192.0.2.10",
+                "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                "ports": [{"port": 80, "nodePort": 30080, "targetPort": 8080, "protocol": "TCP"}],
+                "publishNotReadyAddresses": true,
+                "selector": {"app": "web"},
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "trafficDistribution": "PreferClose",
+            }
+        }))
+        .unwrap()
+    }
+
+    fn spec_keys(s: &Service) -> std::collections::BTreeSet<String> {
+        serde_json::to_value(s.spec.as_ref().unwrap())
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_host_spec_is_an_allow_list_and_address_claims_are_reported() {
+        let keys = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        let always = [
+            "type",
+            "ports",
+            "selector",
+            "sessionAffinity",
+            "sessionAffinityConfig",
+            "publishNotReadyAddresses",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+            "trafficDistribution",
+        ];
+        let h = to_host(
+            &everything("ClusterIP"),
+            &tenant(),
+            ServicePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(spec_keys(&h.service), keys(&always));
+        let dropped: Vec<&str> = h.dropped.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            dropped,
+            [
+                "spec.externalIPs",
+                "spec.loadBalancerIP",
+                "metadata.annotations[metallb.universe.tf/loadBalancerIPs]",
+                "metadata.annotations[metallb.io/allow-shared-ip]",
+            ]
+        );
+        assert!(h.dropped[0].1.contains("CVE-2020-8554"));
+        let annotations = h.service.metadata.annotations.clone().unwrap();
+        assert!(!annotations.keys().any(|k| k.starts_with("metallb")));
+        assert_eq!(annotations["example.com/kept"], "yes");
+
+        // A load balancer keeps what shapes (and narrows) it, never an address of its choosing.
+        let lb = ServicePolicy {
+            allow_load_balancer: true,
+            ..Default::default()
+        };
+        let h = to_host(&everything("LoadBalancer"), &tenant(), lb).unwrap();
+        let mut with_lb: Vec<&str> = always.to_vec();
+        with_lb.extend([
+            "externalTrafficPolicy",
+            "loadBalancerClass",
+            "allocateLoadBalancerNodePorts",
+            "loadBalancerSourceRanges",
+        ]);
+        assert_eq!(spec_keys(&h.service), keys(&with_lb));
+        let spec = h.service.spec.unwrap();
+        assert_eq!(
+            spec.load_balancer_source_ranges,
+            Some(vec!["198.51.100.0/24".to_string()])
+        );
+        assert_eq!(spec.ports.unwrap()[0].node_port, Some(30080));
+        assert_eq!(spec.health_check_node_port, None);
+        // Downgraded, it loses everything that belongs to exposure.
+        let h = to_host(
+            &everything("LoadBalancer"),
+            &tenant(),
+            ServicePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(spec_keys(&h.service), keys(&always));
     }
 
     fn with_ip(mut s: Service, ip: &str) -> Service {
@@ -262,7 +470,9 @@ mod tests {
     #[test]
     fn a_new_host_copy_asks_for_the_virtual_ip_and_an_existing_one_keeps_its_own() {
         let v = with_ip(svc("ClusterIP"), "10.96.7.7");
-        let mut desired = to_host(&v, &tenant(), ServicePolicy::default()).service;
+        let mut desired = to_host(&v, &tenant(), ServicePolicy::default())
+            .unwrap()
+            .service;
         pin_cluster_ips(&mut desired, &v);
         let spec = desired.spec.clone().unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.7.7"));
@@ -277,12 +487,14 @@ mod tests {
         // Headless and ExternalName never get an IP.
         let mut headless = with_ip(svc("ClusterIP"), "None");
         headless.spec.as_mut().unwrap().cluster_ips = Some(vec!["None".into()]);
-        let mut desired = to_host(&headless, &tenant(), ServicePolicy::default()).service;
+        let mut desired = to_host(&headless, &tenant(), ServicePolicy::default())
+            .unwrap()
+            .service;
         pin_cluster_ips(&mut desired, &v);
         assert_eq!(desired.spec.unwrap().cluster_ip.as_deref(), Some("None"));
-        let mut ext = svc("ExternalName");
-        ext.spec.as_mut().unwrap().external_name = Some("db.example.com".into());
-        let mut desired = to_host(&ext, &tenant(), ServicePolicy::default()).service;
+        let mut desired = to_host(&external_name(), &tenant(), EXTERNAL_NAME_ALLOWED)
+            .unwrap()
+            .service;
         pin_cluster_ips(&mut desired, &v);
         assert_eq!(desired.spec.unwrap().cluster_ip, None);
     }
