@@ -96,8 +96,19 @@ pub fn to_host(
     if let Some(a) = meta.annotations.as_mut() {
         // The class moves into the spec: one place for the host controller to read it.
         a.remove(LEGACY_CLASS_ANNOTATION);
-        dropped_annotations = a.keys().filter(|k| is_snippet(k)).cloned().collect();
-        a.retain(|k, _| !is_snippet(k));
+        // Checked on the tenant's keys: `host_meta` has renamed those not allowed already.
+        dropped_annotations = v
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .filter(|k| is_snippet(k))
+            .cloned()
+            .collect();
+        for k in &dropped_annotations {
+            a.remove(&tenant.host_annotation_key(k));
+        }
     }
     let mut dropped_resource_backends = 0;
     let mut backend = |b: IngressBackend| -> Option<IngressBackend> {
@@ -280,10 +291,19 @@ mod tests {
 
     #[test]
     fn snippets_are_dropped_and_other_annotations_kept() {
-        let h = to_host(&ingress(None), &tenant(), &IngressPolicy::default()).unwrap();
+        // Controller annotations reach the host only where the admin allows them.
+        let mut t = tenant();
+        t.metadata = std::sync::Arc::new(crate::translate::MetadataPolicy::widened(
+            vec![],
+            vec!["nginx.ingress.kubernetes.io/*".parse().unwrap()],
+        ));
+        let h = to_host(&ingress(None), &t, &IngressPolicy::default()).unwrap();
         let a = h.ingress.metadata.annotations.unwrap();
         assert!(!a.contains_key("nginx.ingress.kubernetes.io/configuration-snippet"));
         assert_eq!(a["nginx.ingress.kubernetes.io/rewrite-target"], "/");
+        let by_default = to_host(&ingress(None), &tenant(), &IngressPolicy::default()).unwrap();
+        let a = by_default.ingress.metadata.annotations.unwrap();
+        assert!(!a.contains_key("nginx.ingress.kubernetes.io/rewrite-target"));
         assert_eq!(
             h.dropped_annotations,
             vec!["nginx.ingress.kubernetes.io/configuration-snippet".to_string()]
