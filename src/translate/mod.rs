@@ -9,6 +9,7 @@
 pub mod configmap;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod fields;
 pub mod ingress;
 pub mod node;
 pub mod placement;
@@ -196,8 +197,14 @@ pub fn is_renamed_key(key: &str) -> bool {
 }
 
 fn hex_digest(input: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// A part is safe in the plain form if it cannot blur the `-x-` separators: it contains no

@@ -378,47 +378,74 @@ const POD_SECURITY_CONTEXT_FIELDS: &[&str] = &[
     "windowsOptions",
 ];
 
+/// The field names of a pod spec, its security context, and each container and its security
+/// context (by path), as the unknown-field check reads them.
+struct SpecFields {
+    spec: Vec<String>,
+    security_context: Vec<String>,
+    containers: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+fn spec_fields(spec: &PodSpec) -> SpecFields {
+    use super::fields::names;
+    let groups = [
+        ("containers", &spec.containers[..]),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
+    ];
+    SpecFields {
+        spec: names(spec),
+        security_context: spec
+            .security_context
+            .as_ref()
+            .map(names)
+            .unwrap_or_default(),
+        containers: groups
+            .iter()
+            .flat_map(|(kind, cs)| {
+                cs.iter().enumerate().map(move |(i, c)| {
+                    (
+                        format!("spec.{kind}[{i}]"),
+                        names(c),
+                        c.security_context.as_ref().map(names).unwrap_or_default(),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
 /// Fields of `spec` (the pod spec, its containers and security contexts) that vkube does not
 /// know: refused, since nobody has decided what they would make the host do.
 pub fn unknown_fields(spec: &PodSpec) -> Vec<Violation> {
-    unknown_fields_json(&serde_json::to_value(spec).unwrap_or_default())
+    unknown_in(&spec_fields(spec))
 }
 
-fn unknown_fields_json(spec: &serde_json::Value) -> Vec<Violation> {
+fn unknown_in(f: &SpecFields) -> Vec<Violation> {
     let mut out = Vec::new();
-    let mut unknown = |path: &str, obj: Option<&serde_json::Value>, known: &[&str]| {
-        let Some(obj) = obj else { return };
-        let Some(map) = obj.as_object() else {
-            out.push(Violation {
-                field: path.to_string(),
-                message: "not readable by this version of vkube".into(),
-            });
-            return;
-        };
-        for k in map.keys().filter(|k| !known.contains(&k.as_str())) {
+    let mut unknown = |path: &str, names: &[String], known: &[&str]| {
+        for k in names.iter().filter(|k| !known.contains(&k.as_str())) {
             out.push(Violation {
                 field: format!("{path}.{k}"),
                 message: "this field is not known to this version of vkube; remove it".into(),
             });
         }
     };
-    unknown("spec", Some(spec), POD_SPEC_FIELDS);
+    unknown("spec", &f.spec, POD_SPEC_FIELDS);
     unknown(
         "spec.securityContext",
-        spec.get("securityContext"),
+        &f.security_context,
         POD_SECURITY_CONTEXT_FIELDS,
     );
-    for kind in ["containers", "initContainers"] {
-        let containers = spec.get(kind).and_then(|c| c.as_array());
-        for (i, c) in containers.into_iter().flatten().enumerate() {
-            let path = format!("spec.{kind}[{i}]");
-            unknown(&path, Some(c), CONTAINER_FIELDS);
-            unknown(
-                &format!("{path}.securityContext"),
-                c.get("securityContext"),
-                SECURITY_CONTEXT_FIELDS,
-            );
-        }
+    for (path, container, sc) in &f.containers {
+        unknown(path, container, CONTAINER_FIELDS);
+        unknown(
+            &format!("{path}.securityContext"),
+            sc,
+            SECURITY_CONTEXT_FIELDS,
+        );
     }
     out
 }
@@ -872,39 +899,44 @@ mod tests {
 
     #[test]
     fn fields_vkube_does_not_know_are_refused() {
-        let known = serde_json::json!({
-            "containers": [{"name": "c", "securityContext": {"privileged": false}}],
-            "securityContext": {"runAsUser": 1000},
-        });
-        assert!(unknown_fields_json(&known).is_empty());
-        let future = serde_json::json!({
-            "hostKernel": true,
-            "containers": [{"name": "c", "hostDevice": "/dev/kvm",
-                            "securityContext": {"privilegedKernel": true}}],
-            "initContainers": [{"name": "i"}],
-            "securityContext": {"hostUser": "root"},
-        });
-        let violations = unknown_fields_json(&future);
-        let mut refused = fields(&violations);
-        refused.sort();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let future = SpecFields {
+            spec: names(&["containers", "hostKernel"]),
+            security_context: names(&["runAsUser", "hostUser"]),
+            containers: vec![
+                (
+                    "spec.containers[0]".into(),
+                    names(&["name", "hostDevice", "securityContext"]),
+                    names(&["privileged", "privilegedKernel"]),
+                ),
+                ("spec.initContainers[0]".into(), names(&["name"]), vec![]),
+            ],
+        };
         assert_eq!(
-            refused,
+            fields(&unknown_in(&future)),
             [
-                "spec.containers[0].hostDevice",
-                "spec.containers[0].securityContext.privilegedKernel",
                 "spec.hostKernel",
                 "spec.securityContext.hostUser",
+                "spec.containers[0].hostDevice",
+                "spec.containers[0].securityContext.privilegedKernel",
             ]
         );
-        // Everything k8s-openapi knows today is handled.
-        let everything = PodSpec {
+        // Everything k8s-openapi knows today is handled, and read by its JSON name.
+        let spec = PodSpec {
             containers: vec![Container {
                 name: "c".into(),
-                security_context: Some(SecurityContext::default()),
+                security_context: Some(SecurityContext {
+                    privileged: Some(false),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
+            host_users: Some(false),
             ..Default::default()
         };
-        assert!(unknown_fields(&everything).is_empty());
+        let read = spec_fields(&spec);
+        assert_eq!(read.spec, ["containers", "hostUsers"]);
+        assert_eq!(read.containers[0].2, ["privileged"]);
+        assert!(unknown_fields(&spec).is_empty());
     }
 }
