@@ -62,7 +62,8 @@ async fn node_of(virt: &Client, pod: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_nodes_mirror_their_host_node_and_follow_it() {
-    let t = Tenant::start_with_cluster_read("realnode", &[]);
+    // The own node's taint is the one toleration this tenant's pods may carry.
+    let t = Tenant::start_with_cluster_read("realnode", &["--allow-toleration", OWN_NODE_TAINT]);
     let virt = t.client().await;
     let host = common::host_client().await;
     let node_name = format!("kwok-{}", t.name);

@@ -265,10 +265,12 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn ingresses_reach_translated_backends_with_their_tls_secret() {
     let mut t = Tenant::new("ing");
+    // Controller annotations reach the host only where the admin allows them.
     t.extra_args = ["--ingress-class", "public", "--ingress-class", "internal"]
         .into_iter()
         .chain(["--default-ingress-class", "public"])
         .chain(["--ingress-host-suffix", "{name}.apps.example.com"])
+        .chain(["--allow-annotation", "nginx.ingress.kubernetes.io/*"])
         .map(String::from)
         .collect();
     t.spawn();

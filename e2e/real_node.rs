@@ -548,7 +548,17 @@ async fn a_virtual_pod_on_the_real_node_uses_the_virtual_api_and_dns_and_serves_
         return;
     };
     let node_ip = required("VKUBE_E2E_REAL_NODE_IP");
-    let t = common::Tenant::start_with("inpod", "0.0.0.0", &["--advertise-address", &node_ip]);
+    // The real node's taint is one the admin lets tenants tolerate (the chart's value).
+    let t = common::Tenant::start_with(
+        "inpod",
+        "0.0.0.0",
+        &[
+            "--advertise-address",
+            &node_ip,
+            "--allow-toleration",
+            "vkube.dev/real-node:NoSchedule",
+        ],
+    );
     // Virtual RBAC: the pod's service account may list pods, nothing else.
     t.kubectl_ok(&["create", "serviceaccount", "lister"]);
     t.kubectl_ok(&[

@@ -90,6 +90,10 @@ pub struct SyncerOptions {
     pub endpoint_policy: EndpointPolicy,
     pub ingress_policy: IngressPolicy,
     pub pod_security: Level,
+    /// Volume types, CSI drivers and placement for tenants' pods.
+    pub pod_policy: crate::translate::pod::PodPolicy,
+    /// Label and annotation keys copied to the host unchanged.
+    pub metadata: crate::translate::MetadataPolicy,
     pub node_sync: syncer::NodeSync,
     pub storage_sync: syncer::StorageSync,
 }
@@ -260,10 +264,10 @@ pub async fn run(
         }
         .into());
     }
-    let tenant = Tenant {
-        name: opts.name.clone(),
-        host_namespace: namespace.clone(),
-    };
+    let mut tenant = Tenant::new(opts.name.clone(), namespace.clone());
+    if let Some(o) = &opts.syncer {
+        tenant.metadata = std::sync::Arc::new(o.metadata.clone());
+    }
     let pod_router = crate::proxy::pods::PodRouter {
         virt: virt_client.clone(),
         host: host.clone(),
@@ -327,6 +331,7 @@ pub async fn run(
             endpoint_policy: o.endpoint_policy,
             ingress_policy: o.ingress_policy,
             pod_security: o.pod_security,
+            pod_policy: std::sync::Arc::new(o.pod_policy),
             api_endpoint: api_endpoint.clone(),
             cluster_dns: cluster_dns.clone(),
             node_sync: o.node_sync,

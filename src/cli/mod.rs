@@ -242,6 +242,35 @@ struct ServeArgs {
     /// Pod Security level enforced before a pod reaches the host: baseline or restricted.
     #[arg(long, default_value = "baseline")]
     pod_security: vkube::translate::security::Level,
+    /// Volume type tenants' pods may use besides configMap, secret, emptyDir, projected,
+    /// downwardAPI, persistentVolumeClaim, ephemeral and image (repeatable; e.g. csi, nfs).
+    #[arg(long = "allow-volume-type", value_name = "TYPE")]
+    allow_volume_types: Vec<String>,
+    /// CSI driver inline `csi` volumes may use (repeatable; needs --allow-volume-type csi).
+    #[arg(long = "allow-csi-driver", value_name = "NAME")]
+    allow_csi_drivers: Vec<String>,
+    /// Node label every tenant pod must run on (repeatable; ANDed with the tenant's own
+    /// selectors and affinity, a conflicting tenant value is refused).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = vkube::translate::placement::parse_selector_pair)]
+    node_selectors: Vec<(String, String)>,
+    /// Toleration a tenant pod may carry, `key[=value][:effect]` (repeatable; exact match, no
+    /// wildcards). Others are left out with a Warning Event.
+    #[arg(long = "allow-toleration", value_name = "SPEC")]
+    allow_tolerations: Vec<vkube::translate::placement::TolerationSpec>,
+    /// Toleration added to every tenant pod, `key[=value][:effect]` (repeatable).
+    #[arg(long = "pod-toleration", value_name = "SPEC")]
+    pod_tolerations: Vec<vkube::translate::placement::TolerationSpec>,
+    /// runtimeClassName tenant pods may use (repeatable; default none: pods naming one are refused).
+    #[arg(long = "allow-runtime-class", value_name = "NAME")]
+    allow_runtime_classes: Vec<String>,
+    /// Label key copied to the host unchanged, besides the defaults (repeatable; an exact key,
+    /// `prefix/*` or `*`). Other keys are renamed to inert `vkube.dev/l-<hash>` keys.
+    #[arg(long = "allow-label", value_name = "PATTERN")]
+    allow_labels: Vec<vkube::translate::KeyPattern>,
+    /// Annotation key copied to the host unchanged (repeatable; as --allow-label). Other keys
+    /// are renamed to inert `vkube.dev/a-<hash>` keys.
+    #[arg(long = "allow-annotation", value_name = "PATTERN")]
+    allow_annotations: Vec<vkube::translate::KeyPattern>,
     /// Virtual nodes: `real` mirrors the host nodes that run the tenant's pods (labels, taints,
     /// addresses, capacity, conditions), `pseudo` hides the host (name, address, Ready). `real`
     /// needs the ClusterRole in manifests/serve-cluster-rbac.yaml; without it vkube logs one
@@ -428,12 +457,47 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
                 host_suffix: ingress_host_suffix,
             },
             pod_security: args.pod_security,
+            pod_policy: pod_policy(
+                args.allow_volume_types,
+                args.allow_csi_drivers,
+                args.node_selectors,
+                args.allow_tolerations,
+                args.pod_tolerations,
+                args.allow_runtime_classes,
+            ),
+            metadata: vkube::translate::MetadataPolicy::widened(
+                args.allow_labels,
+                args.allow_annotations,
+            ),
             node_sync: args.node_sync,
             storage_sync: args.storage_sync,
         }),
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The admin's pod policy from the serve flags: each widens (or, for the node selector and
+/// enforced tolerations, adds to) the safe defaults.
+fn pod_policy(
+    volume_types: Vec<String>,
+    csi_drivers: Vec<String>,
+    node_selector: Vec<(String, String)>,
+    allowed_tolerations: Vec<vkube::translate::placement::TolerationSpec>,
+    tolerations: Vec<vkube::translate::placement::TolerationSpec>,
+    runtime_classes: Vec<String>,
+) -> vkube::translate::pod::PodPolicy {
+    let mut placement = vkube::translate::placement::PlacementPolicy {
+        node_selector: node_selector.into_iter().collect(),
+        tolerations,
+        runtime_classes: runtime_classes.into_iter().collect(),
+        ..Default::default()
+    };
+    placement.allowed_tolerations.extend(allowed_tolerations);
+    vkube::translate::pod::PodPolicy {
+        volumes: vkube::translate::volumes::VolumePolicy::widened(volume_types, csi_drivers),
+        placement,
+    }
 }
 
 async fn shutdown_signal() {
@@ -546,13 +610,11 @@ async fn bench_proxy_command(args: BenchProxyArgs) -> anyhow::Result<()> {
     )?)
     .await?;
     let (host, _) = host::host_client(args.host.host_kubeconfig.as_deref()).await?;
-    let tenant = vkube::translate::Tenant {
-        host_namespace: args
-            .host
-            .host_namespace
-            .unwrap_or_else(|| host::default_namespace(&args.name)),
-        name: args.name,
-    };
+    let host_namespace = args
+        .host
+        .host_namespace
+        .unwrap_or_else(|| host::default_namespace(&args.name));
+    let tenant = vkube::translate::Tenant::new(args.name, host_namespace);
     let bench = vkube::bench::proxy::ProxyBench {
         proxy,
         direct,

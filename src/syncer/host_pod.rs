@@ -10,7 +10,7 @@ use kube::api::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
 // vkube's own labels and annotations (ownership, origin, desired hash) carry this prefix.
-use crate::translate::RESERVED_PREFIX;
+use crate::translate::{RESERVED_PREFIX, is_renamed_key};
 
 #[derive(kube::Resource, Clone, Debug, Deserialize)]
 #[resource(inherit = Pod)]
@@ -79,13 +79,13 @@ impl HostPod {
 }
 
 /// Metadata without managed fields, and only vkube's own labels and annotations: the tenant's
-/// copies are on the virtual pod already.
+/// copies (renamed ones included) are on the virtual pod already.
 fn own_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let mut meta = ObjectMeta::deserialize(d)?;
     meta.managed_fields = None;
     let own = |m: &mut Option<BTreeMap<String, String>>| {
         if let Some(map) = m.as_mut() {
-            map.retain(|k, _| k.starts_with(RESERVED_PREFIX));
+            map.retain(|k, _| k.starts_with(RESERVED_PREFIX) && !is_renamed_key(k));
         }
     };
     own(&mut meta.labels);
@@ -102,7 +102,8 @@ mod tests {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": "web-x-shop-x-alice", "namespace": "vkube-alice", "uid": "h-1",
-            "labels": {"app": "web", "vkube.dev/managed-by": "alice", "vkube.dev/namespace": "shop"},
+            "labels": {"app": "web", "vkube.dev/managed-by": "alice", "vkube.dev/namespace": "shop",
+                       "vkube.dev/l-0123456789abcdef0123456789abcdef": "frontend"},
             "annotations": {"vkube.dev/name": "web", "vkube.dev/uid": "v-1", "team": "pay"},
             "managedFields": [{"manager": "vkube", "operation": "Apply"}]
         },

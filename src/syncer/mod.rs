@@ -134,6 +134,8 @@ pub struct SyncerConfig {
     pub endpoint_policy: EndpointPolicy,
     pub ingress_policy: IngressPolicy,
     pub pod_security: Level,
+    /// What tenants' pods may use on the host: volume types, CSI drivers, placement.
+    pub pod_policy: Arc<crate::translate::pod::PodPolicy>,
     /// Where pods reach the virtual API (see `host::HostStore::api_service`).
     pub api_endpoint: Option<crate::translate::pod::ApiEndpoint>,
     /// vkube's DNS for the tenant's pods (see `dns`).
@@ -158,6 +160,7 @@ impl SyncerConfig {
             endpoint_policy: EndpointPolicy::default(),
             ingress_policy: IngressPolicy::default(),
             pod_security: Level::Baseline,
+            pod_policy: Arc::default(),
             api_endpoint: None,
             cluster_dns: None,
             gc_interval: Duration::from_secs(30),

@@ -180,19 +180,19 @@ async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Sync
         return create(&vpod, &ctx, &host_api).await;
     };
 
-    // Keep the host pod current (labels, annotations, images: what a pod may change). The
-    // node the host chose comes back as the virtual binding; it is not a change to push down.
-    let mut comparable = vpod.as_ref().clone();
-    if let Some(spec) = comparable.spec.as_mut()
-        && spec.node_name.as_deref() == h.node_name()
-        && was_on_host(&vpod)
-    {
-        spec.node_name = None;
-    }
-    if let Ok(desired) = translate::to_host(&comparable, tenant, &pod_context(&ctx, &vpod))
-        && apply::hash_of(h.as_ref()) != Some(crate::translate::desired_hash(&desired).as_str())
-    {
-        match apply::ensure(&host_api, &ctx.stores.host_pods, tenant, desired).await {
+    // Keep the host pod current (labels, annotations, images: what a pod may change; the
+    // desired hash covers only that part, see `translate::pod::updatable`).
+    if let Ok(desired) = translate::to_host(&vpod, tenant, &pod_context(&ctx, &vpod)) {
+        let update = translate::updatable(&desired.pod);
+        match apply::ensure_parts(
+            &host_api,
+            &ctx.stores.host_pods,
+            tenant,
+            desired.pod,
+            update,
+        )
+        .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 422 => {
                 ctx.event(
@@ -206,7 +206,8 @@ async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Sync
             Err(e) => return Err(SyncError::Host(e)),
         }
     }
-    if let Some(wanted) = translate::wants_token(&vpod) {
+    let wanted = translate::wanted_tokens(&vpod);
+    if !wanted.is_empty() {
         let renew = tokens::ensure(&ctx, &vpod, &h.metadata, &wanted).await?;
         return Ok(Action::requeue(renew));
     }
@@ -219,10 +220,12 @@ fn pod_context(ctx: &Context, vpod: &Pod) -> PodContext {
         vpod.metadata.name.as_deref().unwrap_or_default(),
     );
     PodContext {
-        token_secret: translate::wants_token(vpod).map(|_| tokens::secret_name(&host_name)),
+        token_secret: (!translate::wanted_tokens(vpod).is_empty())
+            .then(|| tokens::secret_name(&host_name)),
         security: ctx.config.pod_security,
         api: ctx.config.api_endpoint.clone(),
         dns: ctx.config.cluster_dns.clone(),
+        policy: ctx.config.pod_policy.clone(),
     }
 }
 
@@ -253,7 +256,7 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
                 EventType::Warning,
                 "HostPolicyViolation",
                 format!(
-                    "not started on the host ({} pod security): {}",
+                    "not started on the host ({} pod security and the host's pod policy): {}",
                     match ctx.config.pod_security {
                         crate::translate::security::Level::Baseline => "baseline",
                         crate::translate::security::Level::Restricted => "restricted",
@@ -265,15 +268,32 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
             return Ok(Action::await_change());
         }
     };
-    let host_name = desired.name_any();
-    match apply::ensure(host_api, &ctx.stores.host_pods, tenant, desired).await {
+    let host_name = desired.pod.name_any();
+    let update = translate::updatable(&desired.pod);
+    let created =
+        apply::ensure_parts(host_api, &ctx.stores.host_pods, tenant, desired.pod, update).await;
+    if matches!(created, Ok((Applied::Created, _))) && !desired.dropped.is_empty() {
+        let list: Vec<String> = desired.dropped.iter().map(|v| v.to_string()).collect();
+        ctx.event(
+            vpod,
+            EventType::Warning,
+            "HostPolicyAdjusted",
+            format!("started on the host without: {}", list.join("; ")),
+        )
+        .await;
+    }
+    match created {
         Ok((Applied::Conflict, _)) => Ok(ctx.conflict(vpod, &host_name).await),
-        Ok((_, Some(created))) => match translate::wants_token(vpod) {
-            Some(wanted) => Ok(Action::requeue(
-                tokens::ensure(ctx, vpod, &created.metadata, &wanted).await?,
-            )),
-            None => Ok(Action::await_change()),
-        },
+        Ok((_, Some(created))) => {
+            let wanted = translate::wanted_tokens(vpod);
+            if wanted.is_empty() {
+                Ok(Action::await_change())
+            } else {
+                Ok(Action::requeue(
+                    tokens::ensure(ctx, vpod, &created.metadata, &wanted).await?,
+                ))
+            }
+        }
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
             // The host refused it (quota, limits, pod security admission): tell the tenant.

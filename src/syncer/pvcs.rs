@@ -37,12 +37,38 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let tenant = ctx.tenant();
-    let desired = translate::pvc::to_host(&vclaim, tenant);
+    let translated = match translate::pvc::to_host(&vclaim, tenant) {
+        Ok(t) => t,
+        Err(refused) => {
+            // Nothing reaches the host; an earlier copy (made before the refusal existed) is
+            // left to the tenant to delete, as the claim may hold data.
+            let list: Vec<String> = refused.iter().map(|v| v.to_string()).collect();
+            ctx.event(
+                vclaim.as_ref(),
+                EventType::Warning,
+                "HostPolicyViolation",
+                format!("not created on the host: {}", list.join("; ")),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let desired = translated.claim;
     let host_name = desired.name_any();
     let api: Api<PersistentVolumeClaim> = ctx.host_api();
     match apply::ensure(&api, &ctx.stores.host_claims, tenant, desired).await {
         Ok((Applied::Conflict, _)) => {
             return Ok(ctx.conflict(vclaim.as_ref(), &host_name).await);
+        }
+        Ok((Applied::Created, _)) if !translated.dropped.is_empty() => {
+            let list: Vec<String> = translated.dropped.iter().map(|v| v.to_string()).collect();
+            ctx.event(
+                vclaim.as_ref(),
+                EventType::Warning,
+                "HostPolicyAdjusted",
+                format!("created on the host without: {}", list.join("; ")),
+            )
+            .await;
         }
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {

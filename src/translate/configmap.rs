@@ -22,10 +22,7 @@ mod tests {
 
     #[test]
     fn data_is_copied_under_the_translated_name() {
-        let t = Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        };
+        let t = Tenant::new("alice", "vkube-alice");
         let v = ConfigMap {
             metadata: ObjectMeta {
                 name: Some("kube-root-ca.crt".into()),

@@ -640,7 +640,31 @@ mod tests {
     };
     use kube::api::ObjectMeta;
 
-    use crate::translate::test_support::tenant;
+    /// A tenant whose admin lets every annotation key through the general metadata policy, so
+    /// these tests see the Ingress-specific rules alone (they must hold whatever that policy is).
+    fn tenant() -> Tenant {
+        let mut t = crate::translate::test_support::tenant();
+        t.metadata = std::sync::Arc::new(crate::translate::MetadataPolicy::widened(
+            vec![],
+            vec!["*".parse().unwrap()],
+        ));
+        t
+    }
+
+    #[test]
+    fn controller_annotations_are_renamed_unless_the_admin_allows_them() {
+        let by_default = to_host(
+            &ingress(None),
+            &crate::translate::test_support::tenant(),
+            &policy(),
+        )
+        .unwrap();
+        let a = by_default.ingress.metadata.annotations.unwrap();
+        assert!(!a.contains_key("nginx.ingress.kubernetes.io/rewrite-target"));
+        // Dropped ones are not even renamed.
+        let t = crate::translate::test_support::tenant();
+        assert!(!a.contains_key(&t.host_annotation_key("nginx.ingress.kubernetes.io/configuration-snippet")));
+    }
 
     const SUFFIX: &str = "alice.apps.example.com";
 

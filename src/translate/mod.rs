@@ -9,8 +9,10 @@
 pub mod configmap;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod fields;
 pub mod ingress;
 pub mod node;
+pub mod placement;
 pub mod pod;
 pub mod pv;
 pub mod pvc;
@@ -18,9 +20,12 @@ pub mod secret;
 pub mod security;
 pub mod service;
 pub mod storageclass;
+pub mod volumes;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
 
 /// Label: the virtual cluster a host object belongs to. Host watches select on it.
@@ -50,11 +55,156 @@ pub struct Tenant {
     pub name: String,
     /// The host namespace every synced object lives in.
     pub host_namespace: String,
+    /// Which label and annotation keys reach the host as they are (the rest are renamed).
+    pub metadata: Arc<MetadataPolicy>,
+}
+
+/// A label or annotation key pattern: an exact key, `prefix/*` (every key with that prefix), or
+/// `*` (every key). Nothing else is a wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPattern {
+    Exact(String),
+    /// The prefix with its trailing `/`.
+    Prefix(String),
+    All,
+}
+
+impl KeyPattern {
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyPattern::Exact(k) => k == key,
+            KeyPattern::Prefix(p) => key.starts_with(p.as_str()) && !key[p.len()..].contains('/'),
+            KeyPattern::All => true,
+        }
+    }
+}
+
+impl std::str::FromStr for KeyPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(KeyPattern::All);
+        }
+        let (body, prefix) = match s.strip_suffix("/*") {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        let bad = |why: &str| {
+            Err(format!(
+                "invalid key pattern {s:?}: {why} (an exact key, `prefix/*` or `*`)"
+            ))
+        };
+        if body.is_empty() || body.contains('*') {
+            return bad("`*` only as a whole pattern or after `prefix/`");
+        }
+        if body.matches('/').count() > usize::from(!prefix) {
+            return bad("too many `/`");
+        }
+        Ok(if prefix {
+            KeyPattern::Prefix(format!("{body}/"))
+        } else {
+            KeyPattern::Exact(body.to_string())
+        })
+    }
+}
+
+/// Label keys copied to the host as they are by default: harmless to any host component, and
+/// those the virtual controllers set (and tenants select on). Any other key is renamed.
+pub const DEFAULT_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/*",
+    "run",
+    "pod-template-hash",
+    "pod-template-generation",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/*",
+    "job-name",
+    "controller-uid",
+];
+
+/// Annotation keys copied to the host as they are by default.
+pub const DEFAULT_ANNOTATIONS: &[&str] = &[
+    "kubectl.kubernetes.io/default-container",
+    "kubernetes.io/description",
+];
+
+/// Which tenant label and annotation keys reach the host unchanged. Host controllers, CNI
+/// plugins and webhooks act on keys (Multus networks, Calico IP pools, mesh and Vault injection,
+/// pod identity, autoscaler eviction, external-dns, secret replication...): a key not allowed
+/// here is renamed to an inert key of vkube's, with its value kept, so nothing on the host acts
+/// on it while selectors, which vkube maps the same way, still match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataPolicy {
+    pub labels: Vec<KeyPattern>,
+    pub annotations: Vec<KeyPattern>,
+}
+
+impl Default for MetadataPolicy {
+    fn default() -> Self {
+        let parse = |keys: &[&str]| -> Vec<KeyPattern> {
+            keys.iter().filter_map(|k| k.parse().ok()).collect()
+        };
+        MetadataPolicy {
+            labels: parse(DEFAULT_LABELS),
+            annotations: parse(DEFAULT_ANNOTATIONS),
+        }
+    }
+}
+
+impl MetadataPolicy {
+    /// The defaults widened by the admin's patterns (`--allow-label`, `--allow-annotation`).
+    pub fn widened(labels: Vec<KeyPattern>, annotations: Vec<KeyPattern>) -> Self {
+        let mut policy = MetadataPolicy::default();
+        policy.labels.extend(labels);
+        policy.annotations.extend(annotations);
+        policy
+    }
+}
+
+/// Renamed tenant keys: `vkube.dev/l-<hash>` (labels) and `vkube.dev/a-<hash>` (annotations).
+/// vkube's own keys are words, never these shapes (a test checks every constant).
+const RENAMED_LABEL: &str = "l-";
+const RENAMED_ANNOTATION: &str = "a-";
+/// 128 bits of the key's SHA-256: the renamed key stays a valid label key (name part ≤ 63).
+const RENAMED_HASH_LEN: usize = 32;
+
+/// `key` as it goes to the host: unchanged when `allowed` matches it (and it is not under
+/// vkube's prefix), otherwise vkube's inert key for it.
+fn host_key(key: &str, allowed: &[KeyPattern], tag: &str) -> String {
+    if !key.starts_with(RESERVED_PREFIX) && allowed.iter().any(|p| p.matches(key)) {
+        return key.to_string();
+    }
+    format!(
+        "{RESERVED_PREFIX}{tag}{}",
+        &hex_digest(key)[..RENAMED_HASH_LEN]
+    )
+}
+
+/// Whether `key` is a renamed tenant key (not one of vkube's own).
+pub fn is_renamed_key(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(RESERVED_PREFIX) else {
+        return false;
+    };
+    let Some(hash) = rest
+        .strip_prefix(RENAMED_LABEL)
+        .or_else(|| rest.strip_prefix(RENAMED_ANNOTATION))
+    else {
+        return false;
+    };
+    hash.len() == RENAMED_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn hex_digest(input: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// A part is safe in the plain form if it cannot blur the `-x-` separators: it contains no
@@ -81,6 +231,26 @@ pub fn host_name(namespace: &str, name: &str, vc: &str, limit: usize) -> String 
 }
 
 impl Tenant {
+    /// A tenant with the default metadata policy.
+    pub fn new(name: impl Into<String>, host_namespace: impl Into<String>) -> Self {
+        Tenant {
+            name: name.into(),
+            host_namespace: host_namespace.into(),
+            metadata: Arc::new(MetadataPolicy::default()),
+        }
+    }
+
+    /// The host key of a tenant label key. Every label vkube writes to the host and every
+    /// selector it translates goes through this one function, so selectors keep matching.
+    pub fn host_label_key(&self, key: &str) -> String {
+        host_key(key, &self.metadata.labels, RENAMED_LABEL)
+    }
+
+    /// The host key of a tenant annotation key.
+    pub fn host_annotation_key(&self, key: &str) -> String {
+        host_key(key, &self.metadata.annotations, RENAMED_ANNOTATION)
+    }
+
     /// Host name for objects whose names are DNS labels (pods' hostnames, services).
     pub fn label_name(&self, namespace: &str, name: &str) -> String {
         host_name(namespace, name, &self.name, DNS_LABEL_MAX)
@@ -99,28 +269,25 @@ impl Tenant {
         ])
     }
 
-    /// Host metadata for a virtual object: translated name, our labels and annotations on top of
-    /// the virtual ones (virtual keys under our reserved prefix are dropped: a tenant cannot
-    /// claim to be another tenant's object).
+    /// Host metadata for a virtual object: translated name, the virtual labels and annotations
+    /// under their host keys ([`Tenant::host_label_key`]: a key the host might act on is
+    /// renamed, and a tenant key under vkube's prefix can never become one of vkube's own, so a
+    /// tenant cannot claim to be another tenant's object), and vkube's own on top.
     pub fn host_meta(&self, virtual_meta: &ObjectMeta, host_name: String) -> ObjectMeta {
         let namespace = virtual_meta.namespace.clone().unwrap_or_default();
         let mut labels: BTreeMap<String, String> = virtual_meta
             .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .iter()
+            .flatten()
+            .map(|(k, v)| (self.host_label_key(k), v.clone()))
             .collect();
         labels.extend(self.ownership_labels(&namespace));
         let mut annotations: BTreeMap<String, String> = virtual_meta
             .annotations
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| {
-                !k.starts_with(RESERVED_PREFIX)
-                    && k != "kubectl.kubernetes.io/last-applied-configuration"
-            })
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+            .map(|(k, v)| (self.host_annotation_key(k), v.clone()))
             .collect();
         annotations.insert(
             VIRTUAL_NAME.to_string(),
@@ -147,11 +314,28 @@ impl Tenant {
     ) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, String> = selector
             .iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (self.host_label_key(k), v.clone()))
             .collect();
         out.extend(self.ownership_labels(namespace));
         out
+    }
+
+    /// Turns a tenant's label selector into a host one: keys mapped as the labels are, and
+    /// confined to this tenant and, given `namespace`, to that virtual namespace.
+    pub fn confine_selector(&self, sel: &mut LabelSelector, namespace: Option<&str>) {
+        let labels = sel.match_labels.take().unwrap_or_default();
+        let mut labels: BTreeMap<String, String> = labels
+            .into_iter()
+            .map(|(k, v)| (self.host_label_key(&k), v))
+            .collect();
+        for e in sel.match_expressions.iter_mut().flatten() {
+            e.key = self.host_label_key(&e.key);
+        }
+        labels.insert(MANAGED_BY.into(), self.name.clone());
+        if let Some(ns) = namespace {
+            labels.insert(VIRTUAL_NAMESPACE.into(), ns.into());
+        }
+        sel.match_labels = Some(labels);
     }
 
     /// Whether a host object is ours (by label, never by name).
@@ -265,10 +449,7 @@ pub(crate) mod test_support {
 
     /// The tenant "alice" in host namespace "vkube-alice".
     pub fn tenant() -> Tenant {
-        Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        }
+        Tenant::new("alice", "vkube-alice")
     }
 }
 
@@ -406,13 +587,139 @@ mod tests {
                 (MANAGED_BY.into(), "x".into()),
             ]),
         );
+        // The tenant's own `vkube.dev/managed-by` is renamed (as on its pods), never ours.
         assert_eq!(
             sel,
             BTreeMap::from([
                 ("app".into(), "web".into()),
+                (t.host_label_key(MANAGED_BY), "x".into()),
                 (MANAGED_BY.into(), "alice".into()),
                 (VIRTUAL_NAMESPACE.into(), "team-a".into()),
             ])
+        );
+    }
+
+    #[test]
+    fn key_patterns_parse_and_match_exactly() {
+        let cases: [(&str, &str, bool); 7] = [
+            ("app", "app", true),
+            ("app", "app.kubernetes.io/name", false),
+            ("app.kubernetes.io/*", "app.kubernetes.io/name", true),
+            ("app.kubernetes.io/*", "x.app.kubernetes.io/name", false),
+            ("app.kubernetes.io/*", "app.kubernetes.io", false),
+            ("*", "anything/at-all", true),
+            ("example.com/team", "example.com/team", true),
+        ];
+        for (pattern, key, want) in cases {
+            let p: KeyPattern = pattern.parse().unwrap();
+            assert_eq!(p.matches(key), want, "{pattern} ~ {key}");
+        }
+        for bad in ["", "a*", "*/x", "a/b/c", "a/*/b", "/*"] {
+            assert!(bad.parse::<KeyPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_acting_keys_are_renamed_and_harmless_ones_kept() {
+        let t = tenant();
+        for kept in [
+            "app",
+            "app.kubernetes.io/name",
+            "pod-template-hash",
+            "job-name",
+        ] {
+            assert_eq!(t.host_label_key(kept), kept);
+        }
+        for renamed in [
+            "aadpodidbinding",
+            "sidecar.istio.io/inject",
+            "azure.workload.identity/use",
+        ] {
+            let k = t.host_label_key(renamed);
+            assert!(is_renamed_key(&k), "{k}");
+            assert!(is_dns_label(&k["vkube.dev/".len()..]), "{k}");
+            assert_eq!(k, t.host_label_key(renamed), "stable");
+        }
+        for renamed in [
+            "k8s.v1.cni.cncf.io/networks",
+            "cni.projectcalico.org/ipv4pools",
+            "vault.hashicorp.com/agent-inject",
+            "cluster-autoscaler.kubernetes.io/safe-to-evict",
+            "external-dns.alpha.kubernetes.io/hostname",
+            "replicator.v1.mittwald.de/replicate-from",
+            "container.apparmor.security.beta.kubernetes.io/main",
+        ] {
+            assert!(is_renamed_key(&t.host_annotation_key(renamed)), "{renamed}");
+        }
+        assert_eq!(
+            t.host_annotation_key("kubectl.kubernetes.io/default-container"),
+            "kubectl.kubernetes.io/default-container"
+        );
+        // Labels and annotations of the same key never share a host key.
+        assert_ne!(t.host_label_key("tier"), t.host_annotation_key("tier"));
+    }
+
+    #[test]
+    fn no_tenant_key_ever_becomes_one_of_vkubes_own() {
+        // Even with everything allowed, a tenant key under vkube's prefix is renamed.
+        let mut t = tenant();
+        t.metadata = Arc::new(MetadataPolicy::widened(
+            vec![KeyPattern::All],
+            vec![KeyPattern::All],
+        ));
+        let own = [
+            MANAGED_BY,
+            VIRTUAL_NAMESPACE,
+            VIRTUAL_NAME,
+            VIRTUAL_UID,
+            DESIRED_HASH,
+            HOST_MIRROR,
+            "vkube.dev/service-account-token",
+            "vkube.dev/token-expires",
+            "vkube.dev/token-issued",
+            "vkube.dev/virtual-cluster",
+            "vkube.dev/virtual-node",
+            "vkube.dev/mirrored-labels",
+            "vkube.dev/recreating",
+            "vkube.dev/owner",
+            "vkube.dev/cleanup",
+            "vkube.dev/node-type",
+            "vkube.dev/real-node",
+            "vkube.dev/bench",
+        ];
+        for key in own {
+            assert!(!is_renamed_key(key), "{key} looks renamed");
+            assert_ne!(t.host_label_key(key), key);
+            assert_ne!(t.host_annotation_key(key), key);
+            assert!(is_renamed_key(&t.host_label_key(key)));
+        }
+        assert_eq!(t.host_label_key("aadpodidbinding"), "aadpodidbinding");
+        // A renamed key handed back in is renamed again, not kept.
+        let once = t.host_label_key(MANAGED_BY);
+        assert_ne!(t.host_label_key(&once), once);
+    }
+
+    #[test]
+    fn label_selectors_map_keys_like_the_labels() {
+        let t = tenant();
+        let mut sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("tier".into(), "web".into())])),
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "aadpodidbinding".into(),
+                    operator: "Exists".into(),
+                    values: None,
+                },
+            ]),
+        };
+        t.confine_selector(&mut sel, Some("shop"));
+        let labels = sel.match_labels.unwrap();
+        assert_eq!(labels[&t.host_label_key("tier")], "web");
+        assert_eq!(labels[MANAGED_BY], "alice");
+        assert_eq!(labels[VIRTUAL_NAMESPACE], "shop");
+        assert_eq!(
+            sel.match_expressions.unwrap()[0].key,
+            t.host_label_key("aadpodidbinding")
         );
     }
 

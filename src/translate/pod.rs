@@ -1,24 +1,43 @@
 //! Pods: virtual pod → host pod (names of everything it references, labels, service account,
-//! downward API), host status → virtual status, and the set of objects a pod references.
+//! downward API, volumes, placement), host status → virtual status, and the set of objects a pod
+//! references. What may reach the host is decided field by field: pod security
+//! ([`super::security`]), volume types ([`super::volumes`]), placement ([`super::placement`]);
+//! a pod-spec field this version of vkube does not know is refused rather than copied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, ObjectFieldSelector, Pod, PodAffinityTerm, PodDNSConfig,
-    PodDNSConfigOption, PodSpec, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
+    Container, EnvFromSource, EnvVar, KeyToPath, ObjectFieldSelector, Pod, PodAffinityTerm,
+    PodDNSConfig, PodDNSConfigOption, PodSpec, ProjectedVolumeSource, SecretProjection, Volume,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
+use super::placement::PlacementPolicy;
 use super::security::{self, Level, Violation};
-use super::{MANAGED_BY, Tenant, VIRTUAL_NAME, VIRTUAL_NAMESPACE, VIRTUAL_UID};
+use super::volumes::{self, VolumePolicy};
+use super::{Tenant, VIRTUAL_NAME, VIRTUAL_NAMESPACE, VIRTUAL_UID};
 
-/// Key of the service-account token in the host Secret that replaces a projected token.
+/// Key of the service-account token in the host Secret for the usual projection (the virtual
+/// API's audience, the default lifetime): the key host pods created before per-projection
+/// tokens mount, so it never changes.
 pub const TOKEN_KEY: &str = "token";
+
+/// The lifetime the virtual API server gives the token of its `kube-api-access` volumes.
+pub const DEFAULT_TOKEN_SECONDS: i64 = 3607;
+
+/// The admin's policy for what tenants' pods may use on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPolicy {
+    pub volumes: VolumePolicy,
+    pub placement: PlacementPolicy,
+}
 
 /// Per-pod inputs that are not in the pod itself.
 #[derive(Debug, Clone, Default)]
 pub struct PodContext {
-    /// Host Secret holding this pod's virtual service-account token (see `syncer::tokens`);
+    /// Host Secret holding this pod's virtual service-account tokens (see `syncer::tokens`);
     /// `None` drops projected tokens.
     pub token_secret: Option<String>,
     pub security: Level,
@@ -26,6 +45,7 @@ pub struct PodContext {
     pub api: Option<ApiEndpoint>,
     /// The tenant's cluster DNS; `None` leaves pods on the host's.
     pub dns: Option<ClusterDns>,
+    pub policy: Arc<PodPolicy>,
 }
 
 /// vkube's DNS server as pods address it, and the cluster domain it answers for.
@@ -139,6 +159,7 @@ pub fn references(pod: &Pod) -> References {
     let Some(spec) = &pod.spec else {
         return refs;
     };
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
     for vol in spec.volumes.iter().flatten() {
         if let Some(cm) = &vol.config_map {
             refs.config_maps.insert(cm.name.clone());
@@ -146,8 +167,13 @@ pub fn references(pod: &Pod) -> References {
         if let Some(s) = vol.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             refs.secrets.insert(s);
         }
+        refs.secrets.extend(volumes::referenced_secrets(vol));
         if let Some(c) = &vol.persistent_volume_claim {
             refs.claims.insert(c.claim_name.clone());
+        }
+        if vol.ephemeral.is_some() {
+            refs.claims
+                .insert(volumes::ephemeral_claim_name(pod_name, &vol.name));
         }
         for src in vol
             .projected
@@ -199,62 +225,110 @@ fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         .chain(spec.init_containers.iter().flatten())
 }
 
-/// Whether the pod mounts a projected service-account token (needs a token Secret on the host).
-pub fn wants_token(pod: &Pod) -> Option<TokenRequestSpec> {
-    let spec = pod.spec.as_ref()?;
-    spec.volumes
+/// One token the syncer requests from the virtual API for a pod: one per distinct audience
+/// and lifetime among the pod's projected service-account tokens, each stored under its own
+/// key of the pod's token Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequestSpec {
+    pub service_account: String,
+    /// `None`: the virtual API's own audience.
+    pub audience: Option<String>,
+    pub expiration_seconds: i64,
+    /// Key in the host token Secret.
+    pub key: String,
+}
+
+/// Key of the token for `audience` and `expiration_seconds` in the host token Secret. Only the
+/// virtual API's own token of the default lifetime uses [`TOKEN_KEY`]; every other pair gets a
+/// key of its own, so a token meant for a third party is never the one the API accepts.
+pub fn token_key(audience: Option<&str>, expiration_seconds: i64) -> String {
+    match audience {
+        None if expiration_seconds == DEFAULT_TOKEN_SECONDS => TOKEN_KEY.to_string(),
+        _ => {
+            let id = format!("{}\n{expiration_seconds}", audience.unwrap_or(""));
+            format!("{TOKEN_KEY}-{}", &super::hex_digest(&id)[..16])
+        }
+    }
+}
+
+fn token_of(
+    t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+) -> (Option<String>, i64) {
+    (
+        t.audience.clone().filter(|a| !a.is_empty()),
+        t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS),
+    )
+}
+
+/// The tokens the pod's projected service-account volumes need (empty: none).
+pub fn wanted_tokens(pod: &Pod) -> Vec<TokenRequestSpec> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let service_account = spec
+        .service_account_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let mut out: Vec<TokenRequestSpec> = Vec::new();
+    for t in spec
+        .volumes
         .iter()
         .flatten()
         .filter_map(|v| v.projected.as_ref())
         .flat_map(|p| p.sources.iter().flatten())
-        .find_map(|s| s.service_account_token.as_ref())
-        .map(|t| TokenRequestSpec {
-            service_account: spec
-                .service_account_name
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            audience: t.audience.clone().filter(|a| !a.is_empty()),
-            expiration_seconds: t.expiration_seconds.unwrap_or(3607),
-        })
+        .filter_map(|s| s.service_account_token.as_ref())
+    {
+        let (audience, expiration_seconds) = token_of(t);
+        let key = token_key(audience.as_deref(), expiration_seconds);
+        if !out.iter().any(|w| w.key == key) {
+            out.push(TokenRequestSpec {
+                service_account: service_account.clone(),
+                audience,
+                expiration_seconds,
+                key,
+            });
+        }
+    }
+    out
 }
 
-/// What to request from the virtual API for a pod's token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRequestSpec {
-    pub service_account: String,
-    pub audience: Option<String>,
-    pub expiration_seconds: i64,
+/// A host pod, and what was left out of it that the tenant should hear about.
+#[derive(Debug, Clone)]
+pub struct HostPod {
+    pub pod: Pod,
+    pub dropped: Vec<Violation>,
 }
 
 /// The host pod for `vpod`, or the reasons it may not run on the host.
-pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec<Violation>> {
+pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<HostPod, Vec<Violation>> {
     let namespace = vpod.metadata.namespace.clone().unwrap_or_default();
     let name = vpod.metadata.name.clone().unwrap_or_default();
-    let vspec = vpod.spec.clone().unwrap_or_default();
-    let violations = security::check(&vspec, ctx.security);
-    if !violations.is_empty() {
-        return Err(violations);
+    let mut spec = vpod.spec.clone().unwrap_or_default();
+    let no_annotations = BTreeMap::new();
+    let annotations = vpod
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap_or(&no_annotations);
+    let mut refused = security::check(annotations, &spec, ctx.security);
+    refused.extend(security::unknown_fields(&spec));
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        refused.extend(volumes::check(i, v, &ctx.policy.volumes));
     }
+    refused.extend(unsupported(&spec));
+    let (placement_refused, mut dropped) =
+        super::placement::apply(&mut spec, &ctx.policy.placement);
+    refused.extend(placement_refused);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    dropped.extend(left_out(&mut spec));
+
     let mut meta = tenant.host_meta(&vpod.metadata, tenant.label_name(&namespace, &name));
-    // Annotations that make the kubelet or a mutating webhook act on the host are not ours to
-    // pass on; the virtual ones stay on the virtual pod.
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubernetes.io/config.mirror");
-    }
     meta.owner_references = None;
 
     let cm = |n: &str| tenant.subdomain_name(&namespace, n);
-    let mut spec = vspec;
-    spec.service_account_name = None;
-    spec.service_account = None;
-    // The host service account's token would reach the host API; the virtual one is mounted
-    // from the token Secret instead.
-    spec.automount_service_account_token = Some(false);
-    spec.priority_class_name = None;
-    spec.priority = None;
-    spec.preemption_policy = None;
-    spec.scheduler_name = None;
-    spec.ephemeral_containers = None;
     if spec.hostname.is_none() && super::is_dns_label(&name) {
         spec.hostname = Some(name.clone());
     }
@@ -268,24 +342,21 @@ pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec
     spec.volumes = Some(
         volumes
             .into_iter()
-            .map(|v| translate_volume(v, &cm, ctx))
+            .map(|v| translate_volume(v, &name, tenant, &cm, ctx))
             .collect(),
     )
     .filter(|v: &Vec<Volume>| !v.is_empty());
-    for c in spec.containers.iter_mut() {
-        translate_container(c, &cm);
-    }
-    for c in spec.init_containers.iter_mut().flatten() {
-        translate_container(c, &cm);
-    }
-    if let Some(api) = &ctx.api {
-        for c in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        translate_container(c, tenant, &cm);
+        if let Some(api) = &ctx.api {
             api_env(c, api);
         }
+    }
+    if ctx.api.is_some() {
         // The host's Services in this namespace are other virtual objects under translated
         // names: their link variables would only mislead.
         spec.enable_service_links = Some(false);
@@ -316,18 +387,149 @@ pub fn to_host(vpod: &Pod, tenant: &Tenant, ctx: &PodContext) -> Result<Pod, Vec
         }
     }
     for c in spec.topology_spread_constraints.iter_mut().flatten() {
+        c.match_label_keys =
+            label_keys(c.match_label_keys.take(), c.label_selector.as_ref(), tenant);
         if let Some(sel) = c.label_selector.as_mut() {
-            confine_selector(sel, tenant, Some(&namespace));
+            tenant.confine_selector(sel, Some(&namespace));
         }
     }
-    Ok(Pod {
-        metadata: meta,
-        spec: Some(spec),
-        status: None,
+    Ok(HostPod {
+        pod: Pod {
+            metadata: meta,
+            spec: Some(spec),
+            status: None,
+        },
+        dropped,
     })
 }
 
-fn translate_volume(mut v: Volume, cm: &impl Fn(&str) -> String, ctx: &PodContext) -> Volume {
+/// Pod fields that name host objects vkube does not sync: refused.
+fn unsupported(spec: &PodSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
+        out.push(Violation {
+            field: "spec.resourceClaims".into(),
+            message: "dynamic resource claims are not synced to the host; remove them".into(),
+        });
+    }
+    for (kind, containers) in [
+        ("containers", &spec.containers[..]),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            if c.resources
+                .as_ref()
+                .and_then(|r| r.claims.as_ref())
+                .is_some_and(|c| !c.is_empty())
+            {
+                out.push(Violation {
+                    field: format!("spec.{kind}[{i}].resources.claims"),
+                    message: "dynamic resource claims are not synced to the host; remove them"
+                        .into(),
+                });
+            }
+        }
+    }
+    if spec.workload_ref.is_some() {
+        out.push(Violation {
+            field: "spec.workloadRef".into(),
+            message: "workloads are not synced to the host; remove workloadRef".into(),
+        });
+    }
+    out
+}
+
+/// Fields the host decides (or that only mean something in the virtual cluster): removed, with
+/// a notice where the tenant set them on purpose.
+fn left_out(spec: &mut PodSpec) -> Vec<Violation> {
+    let mut dropped = Vec::new();
+    let mut note = |field: &str, message: String| {
+        dropped.push(Violation {
+            field: field.into(),
+            message,
+        })
+    };
+    if let Some(class) = spec.priority_class_name.take() {
+        note(
+            "spec.priorityClassName",
+            format!("priority class {class:?} is the host's to give; left out"),
+        );
+    }
+    if let Some(s) = spec
+        .scheduler_name
+        .take()
+        .filter(|s| s != "default-scheduler")
+    {
+        note(
+            "spec.schedulerName",
+            format!("the host's scheduler places pods; scheduler {s:?} left out"),
+        );
+    }
+    if spec
+        .ephemeral_containers
+        .take()
+        .is_some_and(|e| !e.is_empty())
+    {
+        note(
+            "spec.ephemeralContainers",
+            "ephemeral containers are not run on the host".into(),
+        );
+    }
+    spec.service_account_name = None;
+    spec.service_account = None;
+    // The host service account's token would reach the host API; the virtual one is mounted
+    // from the token Secret instead.
+    spec.automount_service_account_token = Some(false);
+    spec.priority = None;
+    spec.preemption_policy = None;
+    // The host's RuntimeClass admission sets it from the host's class.
+    spec.overhead = None;
+    dropped
+}
+
+/// What of a host pod may change after it is created (labels, annotations, images, the
+/// deadline): what an update applies and what its desired hash covers. The rest of a pod's spec
+/// is immutable, so a later change of how vkube translates it (a new version, a new flag) never
+/// turns into an update the host would refuse; it applies to pods created from then on.
+pub fn updatable(host: &Pod) -> Pod {
+    let spec = host.spec.as_ref();
+    let images = |cs: &[Container]| -> Vec<Container> {
+        cs.iter()
+            .map(|c| Container {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: host.metadata.name.clone(),
+            namespace: host.metadata.namespace.clone(),
+            labels: host.metadata.labels.clone(),
+            annotations: host.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: images(spec.map(|s| &s.containers[..]).unwrap_or(&[])),
+            init_containers: spec.and_then(|s| s.init_containers.as_deref()).map(images),
+            active_deadline_seconds: spec.and_then(|s| s.active_deadline_seconds),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn translate_volume(
+    mut v: Volume,
+    pod: &str,
+    tenant: &Tenant,
+    cm: &impl Fn(&str) -> String,
+    ctx: &PodContext,
+) -> Volume {
     if let Some(c) = v.config_map.as_mut() {
         c.name = cm(&c.name);
     }
@@ -336,24 +538,30 @@ fn translate_volume(mut v: Volume, cm: &impl Fn(&str) -> String, ctx: &PodContex
     {
         *n = cm(n);
     }
+    volumes::translate_secret_refs(&mut v, cm);
     if let Some(c) = v.persistent_volume_claim.as_mut() {
         c.claim_name = cm(&c.claim_name);
+    }
+    if v.ephemeral.is_some() {
+        let claim = cm(&volumes::ephemeral_claim_name(pod, &v.name));
+        volumes::ephemeral_to_claim(&mut v, claim);
     }
     if let Some(d) = v.downward_api.as_mut() {
         for item in d.items.iter_mut().flatten() {
             if let Some(f) = item.field_ref.as_mut() {
-                translate_field_ref(f);
+                translate_field_ref(f, tenant);
             }
         }
     }
     if let Some(p) = v.projected.take() {
-        v.projected = Some(translate_projected(p, cm, ctx));
+        v.projected = Some(translate_projected(p, tenant, cm, ctx));
     }
     v
 }
 
 fn translate_projected(
     mut p: ProjectedVolumeSource,
+    tenant: &Tenant,
     cm: &impl Fn(&str) -> String,
     ctx: &PodContext,
 ) -> ProjectedVolumeSource {
@@ -361,13 +569,15 @@ fn translate_projected(
     let mut out = Vec::with_capacity(sources.len());
     for mut s in sources {
         if let Some(t) = s.service_account_token.take() {
-            // The virtual token, requested by the syncer and stored in a host Secret.
+            // The virtual token for this audience and lifetime, requested by the syncer and
+            // stored under its own key of the pod's token Secret.
             if let Some(secret) = &ctx.token_secret {
+                let (audience, seconds) = token_of(&t);
                 out.push(VolumeProjection {
                     secret: Some(SecretProjection {
                         name: secret.clone(),
-                        items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                            key: TOKEN_KEY.into(),
+                        items: Some(vec![KeyToPath {
+                            key: token_key(audience.as_deref(), seconds),
                             path: t.path,
                             mode: None,
                         }]),
@@ -387,7 +597,7 @@ fn translate_projected(
         if let Some(d) = s.downward_api.as_mut() {
             for item in d.items.iter_mut().flatten() {
                 if let Some(f) = item.field_ref.as_mut() {
-                    translate_field_ref(f);
+                    translate_field_ref(f, tenant);
                 }
             }
         }
@@ -397,27 +607,42 @@ fn translate_projected(
     p
 }
 
-/// Downward API fields that would show host values are redirected to our origin metadata.
-fn translate_field_ref(f: &mut ObjectFieldSelector) {
+/// Downward API fields that would show host values are redirected to our origin metadata, and
+/// a label or annotation to its host key.
+fn translate_field_ref(f: &mut ObjectFieldSelector, tenant: &Tenant) {
+    let keyed = |path: &str, prefix: &str| -> Option<String> {
+        path.strip_prefix(prefix)?
+            .strip_prefix("['")?
+            .strip_suffix("']")
+            .map(str::to_string)
+    };
     let replacement = match f.field_path.as_str() {
         "metadata.name" => format!("metadata.annotations['{VIRTUAL_NAME}']"),
         "metadata.namespace" => format!("metadata.labels['{VIRTUAL_NAMESPACE}']"),
         "metadata.uid" => format!("metadata.annotations['{VIRTUAL_UID}']"),
-        _ => return,
+        path => {
+            if let Some(k) = keyed(path, "metadata.labels") {
+                format!("metadata.labels['{}']", tenant.host_label_key(&k))
+            } else if let Some(k) = keyed(path, "metadata.annotations") {
+                format!("metadata.annotations['{}']", tenant.host_annotation_key(&k))
+            } else {
+                return;
+            }
+        }
     };
     f.field_path = replacement;
 }
 
-fn translate_container(c: &mut Container, cm: &impl Fn(&str) -> String) {
+fn translate_container(c: &mut Container, tenant: &Tenant, cm: &impl Fn(&str) -> String) {
     for env in c.env.iter_mut().flatten() {
-        translate_env(env, cm);
+        translate_env(env, tenant, cm);
     }
     for from in c.env_from.iter_mut().flatten() {
         translate_env_from(from, cm);
     }
 }
 
-fn translate_env(env: &mut EnvVar, cm: &impl Fn(&str) -> String) {
+fn translate_env(env: &mut EnvVar, tenant: &Tenant, cm: &impl Fn(&str) -> String) {
     let Some(from) = env.value_from.as_mut() else {
         return;
     };
@@ -428,7 +653,7 @@ fn translate_env(env: &mut EnvVar, cm: &impl Fn(&str) -> String) {
         r.name = cm(&r.name);
     }
     if let Some(f) = from.field_ref.as_mut() {
-        translate_field_ref(f);
+        translate_field_ref(f, tenant);
     }
 }
 
@@ -441,19 +666,48 @@ fn translate_env_from(from: &mut EnvFromSource, cm: &impl Fn(&str) -> String) {
     }
 }
 
+/// `matchLabelKeys`/`mismatchLabelKeys` of a term or constraint, as host label keys. The
+/// virtual API server has already merged each key into the selector (with the pod's value)
+/// when it created the pod; such keys are left out, since the host would merge them a second
+/// time and refuse the duplicate.
+fn label_keys(
+    keys: Option<Vec<String>>,
+    selector: Option<&LabelSelector>,
+    tenant: &Tenant,
+) -> Option<Vec<String>> {
+    let merged = |k: &String| {
+        selector
+            .and_then(|s| s.match_expressions.as_ref())
+            .is_some_and(|e| e.iter().any(|e| &e.key == k))
+    };
+    let keys: Vec<String> = keys
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| !merged(k))
+        .map(|k| tenant.host_label_key(&k))
+        .collect();
+    Some(keys).filter(|k| !k.is_empty())
+}
+
 /// Pod (anti-)affinity terms select host pods: confine them to this tenant and to the virtual
 /// namespaces the term names (the pod's own by default).
 fn confine_term(t: &mut PodAffinityTerm, tenant: &Tenant, namespace: &str) {
+    t.match_label_keys = label_keys(t.match_label_keys.take(), t.label_selector.as_ref(), tenant);
+    t.mismatch_label_keys = label_keys(
+        t.mismatch_label_keys.take(),
+        t.label_selector.as_ref(),
+        tenant,
+    );
     let namespaces = t.namespaces.take().unwrap_or_default();
     let has_ns_selector = t.namespace_selector.take().is_some();
     let sel = t.label_selector.get_or_insert_with(LabelSelector::default);
     if has_ns_selector {
         // Namespace labels exist only in the virtual cluster: widen to all of the tenant.
-        confine_selector(sel, tenant, None);
+        tenant.confine_selector(sel, None);
     } else if namespaces.is_empty() {
-        confine_selector(sel, tenant, Some(namespace));
+        tenant.confine_selector(sel, Some(namespace));
     } else {
-        confine_selector(sel, tenant, None);
+        tenant.confine_selector(sel, None);
         sel.match_expressions
             .get_or_insert_with(Vec::new)
             .push(LabelSelectorRequirement {
@@ -461,15 +715,6 @@ fn confine_term(t: &mut PodAffinityTerm, tenant: &Tenant, namespace: &str) {
                 operator: "In".into(),
                 values: Some(namespaces),
             });
-    }
-}
-
-fn confine_selector(sel: &mut LabelSelector, tenant: &Tenant, namespace: Option<&str>) {
-    let labels = sel.match_labels.get_or_insert_with(BTreeMap::new);
-    labels.retain(|k, _| !k.starts_with(super::RESERVED_PREFIX));
-    labels.insert(MANAGED_BY.into(), tenant.name.clone());
-    if let Some(ns) = namespace {
-        labels.insert(VIRTUAL_NAMESPACE.into(), ns.into());
     }
 }
 
@@ -481,8 +726,11 @@ mod tests {
         PersistentVolumeClaimVolumeSource, PodAffinity, SecretVolumeSource,
         ServiceAccountTokenProjection,
     };
+
+    use crate::translate::placement::PlacementPolicy;
     use kube::api::ObjectMeta;
 
+    use crate::translate::MANAGED_BY;
     use crate::translate::test_support::tenant;
 
     fn pod() -> Pod {
@@ -614,10 +862,9 @@ mod tests {
         let ctx = PodContext {
             token_secret: Some("web-1-x-shop-x-alice-token".into()),
             security: Level::Baseline,
-            api: None,
-            dns: None,
+            ..Default::default()
         };
-        let host = to_host(&pod(), &tenant(), &ctx).unwrap();
+        let host = to_host(&pod(), &tenant(), &ctx).unwrap().pod;
         assert_eq!(host.metadata.name.as_deref(), Some("web-1-x-shop-x-alice"));
         assert_eq!(host.metadata.namespace.as_deref(), Some("vkube-alice"));
         let spec = host.spec.unwrap();
@@ -692,7 +939,9 @@ mod tests {
 
     #[test]
     fn without_a_token_secret_the_projected_token_is_dropped() {
-        let host = to_host(&pod(), &tenant(), &PodContext::default()).unwrap();
+        let host = to_host(&pod(), &tenant(), &PodContext::default())
+            .unwrap()
+            .pod;
         let vols = host.spec.unwrap().volumes.unwrap();
         let sources = vols[3]
             .projected
@@ -708,12 +957,13 @@ mod tests {
     #[test]
     fn token_request_follows_the_projection() {
         assert_eq!(
-            wants_token(&pod()),
-            Some(TokenRequestSpec {
+            wanted_tokens(&pod()),
+            [TokenRequestSpec {
                 service_account: "builder".into(),
                 audience: None,
                 expiration_seconds: 3607,
-            })
+                key: TOKEN_KEY.into(),
+            }]
         );
     }
 
@@ -741,7 +991,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let host = to_host(&p, &tenant(), &PodContext::default()).unwrap();
+        let host = to_host(&p, &tenant(), &PodContext::default()).unwrap().pod;
         let terms = host
             .spec
             .unwrap()
@@ -800,7 +1050,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let host = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+        let host = to_host(&p, &tenant(), &ctx).unwrap().pod.spec.unwrap();
         assert_eq!(host.enable_service_links, Some(false));
         let value = |c: &Container, name: &str| {
             let found: Vec<_> = c.env.iter().flatten().filter(|e| e.name == name).collect();
@@ -820,6 +1070,7 @@ mod tests {
         // Without an API Service, pods are left as they were.
         let plain = to_host(&pod(), &tenant(), &PodContext::default())
             .unwrap()
+            .pod
             .spec
             .unwrap();
         assert_eq!(plain.enable_service_links, None);
@@ -851,7 +1102,7 @@ mod tests {
                 value: Some("2".into()),
             }]),
         });
-        let spec = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+        let spec = to_host(&p, &tenant(), &ctx).unwrap().pod.spec.unwrap();
         assert_eq!(spec.dns_policy.as_deref(), Some("None"));
         let config = spec.dns_config.unwrap();
         assert_eq!(
@@ -882,9 +1133,302 @@ mod tests {
         for policy in ["Default", "None"] {
             let mut p = pod();
             p.spec.as_mut().unwrap().dns_policy = Some(policy.into());
-            let spec = to_host(&p, &tenant(), &ctx).unwrap().spec.unwrap();
+            let spec = to_host(&p, &tenant(), &ctx).unwrap().pod.spec.unwrap();
             assert_eq!(spec.dns_policy.as_deref(), Some(policy));
             assert_eq!(spec.dns_config, None);
         }
+    }
+
+    fn with_volume(v: Volume) -> Pod {
+        let mut p = pod();
+        p.spec
+            .as_mut()
+            .unwrap()
+            .volumes
+            .get_or_insert_with(Vec::new)
+            .push(v);
+        p
+    }
+
+    fn refused_fields(p: &Pod, ctx: &PodContext) -> Vec<String> {
+        to_host(p, &tenant(), ctx)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn host_storage_volumes_are_refused_and_allowed_ones_use_the_tenants_secrets() {
+        let csi = Volume {
+            name: "creds".into(),
+            csi: Some(k8s_openapi::api::core::v1::CSIVolumeSource {
+                driver: "secrets.example.com".into(),
+                node_publish_secret_ref: Some(LocalObjectReference {
+                    name: "vkube-alice-certs".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = with_volume(csi);
+        assert_eq!(
+            refused_fields(&p, &PodContext::default()),
+            ["spec.volumes[4].csi"]
+        );
+        let ctx = PodContext {
+            policy: Arc::new(PodPolicy {
+                volumes: VolumePolicy::widened(
+                    vec!["csi".into()],
+                    vec!["secrets.example.com".into()],
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let host = to_host(&p, &tenant(), &ctx).unwrap().pod;
+        let vols = host.spec.unwrap().volumes.unwrap();
+        assert_eq!(
+            vols[4]
+                .csi
+                .as_ref()
+                .unwrap()
+                .node_publish_secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "vkube-alice-certs-x-shop-x-alice",
+            "the tenant's synced Secret, never the host's own"
+        );
+        assert!(references(&p).secrets.contains("vkube-alice-certs"));
+    }
+
+    #[test]
+    fn an_ephemeral_volume_is_the_claim_the_virtual_cluster_made() {
+        let p = with_volume(Volume {
+            name: "scratch".into(),
+            ephemeral: Some(k8s_openapi::api::core::v1::EphemeralVolumeSource {
+                volume_claim_template: Some(
+                    k8s_openapi::api::core::v1::PersistentVolumeClaimTemplate {
+                        metadata: None,
+                        spec: k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                            volume_name: Some("someone-elses-pv".into()),
+                            data_source: Some(
+                                k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                                    api_group: None,
+                                    kind: "PersistentVolumeClaim".into(),
+                                    name: "data-vkube-0".into(),
+                                },
+                            ),
+                            ..Default::default()
+                        },
+                    },
+                ),
+            }),
+            ..Default::default()
+        });
+        assert!(references(&p).claims.contains("web-1-scratch"));
+        let host = to_host(&p, &tenant(), &PodContext::default()).unwrap().pod;
+        let v = &host.spec.unwrap().volumes.unwrap()[4];
+        assert!(v.ephemeral.is_none());
+        assert_eq!(
+            v.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "web-1-scratch-x-shop-x-alice"
+        );
+    }
+
+    #[test]
+    fn placement_is_the_hosts_within_the_admins_bounds() {
+        let mut p = pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.node_name = Some("reserved-node".into());
+        spec.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        spec.runtime_class_name = Some("kata".into());
+        spec.overhead = Some(BTreeMap::new());
+        assert_eq!(
+            refused_fields(&p, &PodContext::default()),
+            ["spec.runtimeClassName"]
+        );
+        p.spec.as_mut().unwrap().runtime_class_name = None;
+        let ctx = PodContext {
+            policy: Arc::new(PodPolicy {
+                placement: PlacementPolicy {
+                    node_selector: BTreeMap::from([("pool".into(), "tenants".into())]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let host = to_host(&p, &tenant(), &ctx).unwrap();
+        let fields: Vec<_> = host.dropped.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tolerations[0]", "spec.priorityClassName"]);
+        let spec = host.pod.spec.unwrap();
+        assert_eq!(spec.node_name, None);
+        assert_eq!(spec.tolerations, None);
+        assert_eq!(spec.overhead, None);
+        assert_eq!(spec.node_selector.unwrap()["pool"], "tenants");
+        assert!(spec.affinity.unwrap().node_affinity.is_some());
+    }
+
+    #[test]
+    fn claims_on_host_resources_are_refused() {
+        let mut p = pod();
+        p.spec.as_mut().unwrap().resource_claims =
+            Some(vec![k8s_openapi::api::core::v1::PodResourceClaim {
+                name: "gpu".into(),
+                resource_claim_name: Some("someone-elses".into()),
+                ..Default::default()
+            }]);
+        assert_eq!(
+            refused_fields(&p, &PodContext::default()),
+            ["spec.resourceClaims"]
+        );
+    }
+
+    #[test]
+    fn host_acting_labels_are_renamed_and_everything_selecting_them_follows() {
+        let mut p = pod();
+        let labels = p.metadata.labels.as_mut().unwrap();
+        labels.insert("aadpodidbinding".into(), "admin-identity".into());
+        labels.insert("tier".into(), "frontend".into());
+        p.metadata.annotations = Some(BTreeMap::from([
+            ("k8s.v1.cni.cncf.io/networks".into(), "host-net".into()),
+            (
+                "kubectl.kubernetes.io/default-container".into(),
+                "web".into(),
+            ),
+        ]));
+        let spec = p.spec.as_mut().unwrap();
+        spec.containers[0]
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(EnvVar {
+                name: "TIER".into(),
+                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels['tier']".into(),
+                        api_version: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        spec.topology_spread_constraints =
+            Some(vec![k8s_openapi::api::core::v1::TopologySpreadConstraint {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("tier".into(), "frontend".into())])),
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "pod-template-hash".into(),
+                        operator: "In".into(),
+                        values: Some(vec!["abc".into()]),
+                    }]),
+                }),
+                // Merged by the virtual API server already; the host must not merge it again.
+                match_label_keys: Some(vec!["pod-template-hash".into(), "tier".into()]),
+                max_skew: 1,
+                topology_key: "kubernetes.io/hostname".into(),
+                when_unsatisfiable: "DoNotSchedule".into(),
+                ..Default::default()
+            }]);
+        let t = tenant();
+        let host = to_host(&p, &t, &PodContext::default()).unwrap().pod;
+        let labels = host.metadata.labels.unwrap();
+        let tier = t.host_label_key("tier");
+        assert!(tier.starts_with("vkube.dev/l-"), "{tier}");
+        assert!(!labels.contains_key("aadpodidbinding") && !labels.contains_key("tier"));
+        assert_eq!(labels[&tier], "frontend");
+        assert_eq!(labels["app"], "web");
+        let annotations = host.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key("k8s.v1.cni.cncf.io/networks"));
+        assert_eq!(
+            annotations["kubectl.kubernetes.io/default-container"],
+            "web"
+        );
+        let spec = host.spec.unwrap();
+        let env = spec.containers[0].env.as_ref().unwrap();
+        let field = env.iter().find(|e| e.name == "TIER").unwrap();
+        assert_eq!(
+            field
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            format!("metadata.labels['{tier}']")
+        );
+        let c = &spec.topology_spread_constraints.unwrap()[0];
+        assert_eq!(c.match_label_keys, Some(vec![tier.clone()]));
+        let sel = c.label_selector.as_ref().unwrap();
+        assert_eq!(sel.match_labels.as_ref().unwrap()[&tier], "frontend");
+        assert_eq!(sel.match_labels.as_ref().unwrap()[MANAGED_BY], "alice");
+    }
+
+    #[test]
+    fn each_audience_gets_its_own_token_and_mount() {
+        let mut p = pod();
+        let vols = p.spec.as_mut().unwrap().volumes.as_mut().unwrap();
+        vols.push(Volume {
+            name: "vault".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "vault-token".into(),
+                        expiration_seconds: Some(600),
+                        audience: Some("vault".into()),
+                    }),
+                    ..Default::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Default::default()
+        });
+        let wanted = wanted_tokens(&p);
+        assert_eq!(wanted.len(), 2);
+        assert_eq!(wanted[0].key, TOKEN_KEY);
+        assert_eq!(wanted[0].audience, None);
+        assert_eq!(wanted[1].audience.as_deref(), Some("vault"));
+        assert_eq!(wanted[1].expiration_seconds, 600);
+        assert_ne!(wanted[1].key, TOKEN_KEY);
+        assert_eq!(token_key(Some("vault"), 600), wanted[1].key);
+        let ctx = PodContext {
+            token_secret: Some("s".into()),
+            ..Default::default()
+        };
+        let host = to_host(&p, &tenant(), &ctx).unwrap().pod;
+        let vols = host.spec.unwrap().volumes.unwrap();
+        let key_of = |v: &Volume| {
+            v.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .items
+                .as_ref()
+                .unwrap()[0]
+                .key
+                .clone()
+        };
+        assert_eq!(key_of(&vols[3]), TOKEN_KEY);
+        assert_eq!(key_of(&vols[4]), wanted[1].key);
+    }
+
+    #[test]
+    fn only_what_a_pod_may_change_is_updated() {
+        let host = to_host(&pod(), &tenant(), &PodContext::default())
+            .unwrap()
+            .pod;
+        let update = updatable(&host);
+        assert_eq!(update.metadata.labels, host.metadata.labels);
+        let spec = update.spec.unwrap();
+        assert_eq!(spec.containers[0].image.as_deref(), Some("nginx"));
+        assert!(spec.containers[0].env.is_none());
+        assert!(spec.volumes.is_none() && spec.affinity.is_none());
     }
 }

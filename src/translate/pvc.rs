@@ -1,61 +1,134 @@
 //! PersistentVolumeClaims: the host claim requests the same storage; the tenant cannot pick a
-//! host PersistentVolume (volumeName, selector), which would let it claim another tenant's data.
+//! host PersistentVolume (volumeName, selector), which would let it claim another tenant's data,
+//! and a data source must be one of the tenant's own synced claims: any other kind (a
+//! VolumeSnapshot, a populator's object) would name a host object of that name in the host
+//! namespace, which is not the tenant's (the control plane's own volume, say).
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec};
 
 use super::Tenant;
+use super::security::Violation;
 
-pub fn to_host(v: &PersistentVolumeClaim, tenant: &Tenant) -> PersistentVolumeClaim {
+/// A host claim, and what was left out of it that the tenant should hear about.
+#[derive(Debug, Clone)]
+pub struct HostClaim {
+    pub claim: PersistentVolumeClaim,
+    pub dropped: Vec<Violation>,
+}
+
+/// Whether a data source of this API group and kind is something vkube syncs (a claim).
+fn synced_kind(api_group: Option<&str>, kind: &str) -> bool {
+    api_group.unwrap_or("").is_empty() && kind == "PersistentVolumeClaim"
+}
+
+fn refused_source(field: &str, group: Option<&str>, kind: &str, name: &str) -> Violation {
+    let what = match group.filter(|g| !g.is_empty()) {
+        Some(g) => format!("{kind}.{g}"),
+        None => kind.to_string(),
+    };
+    Violation {
+        field: field.into(),
+        message: format!(
+            "{what} {name:?} is not synced to the host; only a PersistentVolumeClaim of the same namespace can be a data source: remove it"
+        ),
+    }
+}
+
+pub fn to_host(v: &PersistentVolumeClaim, tenant: &Tenant) -> Result<HostClaim, Vec<Violation>> {
     let ns = v.metadata.namespace.clone().unwrap_or_default();
     let name = v.metadata.name.clone().unwrap_or_default();
     let vspec = v.spec.clone().unwrap_or_default();
-    let translate_ref = |kind: &str, n: &str| -> String {
-        // Only objects that live in the same namespace and that vkube syncs can be referenced.
-        if kind == "PersistentVolumeClaim" {
-            tenant.subdomain_name(&ns, n)
-        } else {
-            n.to_string()
+    let mut refused = Vec::new();
+    if let Some(r) = &vspec.data_source
+        && !synced_kind(r.api_group.as_deref(), &r.kind)
+    {
+        refused.push(refused_source(
+            "spec.dataSource",
+            r.api_group.as_deref(),
+            &r.kind,
+            &r.name,
+        ));
+    }
+    if let Some(r) = &vspec.data_source_ref {
+        if !synced_kind(r.api_group.as_deref(), &r.kind) {
+            refused.push(refused_source(
+                "spec.dataSourceRef",
+                r.api_group.as_deref(),
+                &r.kind,
+                &r.name,
+            ));
+        } else if r
+            .namespace
+            .as_deref()
+            .is_some_and(|n| !n.is_empty() && n != ns)
+        {
+            refused.push(Violation {
+                field: "spec.dataSourceRef.namespace".into(),
+                message:
+                    "a data source in another namespace is not synced to the host; remove namespace"
+                        .into(),
+            });
         }
-    };
+    }
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    let mut dropped = Vec::new();
+    if let Some(pv) = vspec.volume_name.as_deref().filter(|n| !n.is_empty()) {
+        dropped.push(Violation {
+            field: "spec.volumeName".into(),
+            message: format!(
+                "the host chooses the volume; {pv:?} left out (volumes are not the tenant's to pick)"
+            ),
+        });
+    }
+    if vspec.selector.is_some() {
+        dropped.push(Violation {
+            field: "spec.selector".into(),
+            message: "the host chooses the volume; the selector was left out".into(),
+        });
+    }
     let data_source = vspec.data_source.clone().map(|mut r| {
-        r.name = translate_ref(&r.kind, &r.name);
+        r.name = tenant.subdomain_name(&ns, &r.name);
         r
     });
     let data_source_ref = vspec.data_source_ref.clone().map(|mut r| {
-        r.name = translate_ref(&r.kind, &r.name);
+        r.name = tenant.subdomain_name(&ns, &r.name);
         r.namespace = None;
         r
     });
-    PersistentVolumeClaim {
-        metadata: tenant.host_meta(&v.metadata, tenant.subdomain_name(&ns, &name)),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: vspec.access_modes,
-            resources: vspec.resources,
-            storage_class_name: vspec.storage_class_name,
-            volume_mode: vspec.volume_mode,
-            volume_attributes_class_name: vspec.volume_attributes_class_name,
-            data_source,
-            data_source_ref,
-            selector: None,
-            volume_name: None,
-        }),
-        status: None,
-    }
+    Ok(HostClaim {
+        claim: PersistentVolumeClaim {
+            metadata: tenant.host_meta(&v.metadata, tenant.subdomain_name(&ns, &name)),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: vspec.access_modes,
+                resources: vspec.resources,
+                storage_class_name: vspec.storage_class_name,
+                volume_mode: vspec.volume_mode,
+                volume_attributes_class_name: vspec.volume_attributes_class_name,
+                data_source,
+                data_source_ref,
+                selector: None,
+                volume_name: None,
+            }),
+            status: None,
+        },
+        dropped,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{TypedLocalObjectReference, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        TypedLocalObjectReference, TypedObjectReference, VolumeResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use kube::api::ObjectMeta;
 
     #[test]
     fn storage_is_requested_but_no_host_volume_can_be_chosen() {
-        let t = Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        };
+        let t = Tenant::new("alice", "vkube-alice");
         let v = PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some("data".into()),
@@ -79,11 +152,81 @@ mod tests {
             }),
             status: None,
         };
-        let h = to_host(&v, &t);
-        assert_eq!(h.metadata.name.as_deref(), Some("data-x-db-x-alice"));
-        let spec = h.spec.unwrap();
+        let h = to_host(&v, &t).unwrap();
+        assert_eq!(h.claim.metadata.name.as_deref(), Some("data-x-db-x-alice"));
+        let spec = h.claim.spec.unwrap();
         assert_eq!(spec.volume_name, None);
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(spec.data_source.unwrap().name, "seed-x-db-x-alice");
+        assert_eq!(h.dropped[0].field, "spec.volumeName");
+    }
+
+    #[test]
+    fn data_sources_vkube_does_not_sync_are_refused() {
+        let t = Tenant::new("alice", "vkube-alice");
+        let claim = |source: Option<TypedLocalObjectReference>,
+                     source_ref: Option<TypedObjectReference>| {
+            PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("clone".into()),
+                    namespace: Some("db".into()),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    data_source: source,
+                    data_source_ref: source_ref,
+                    ..Default::default()
+                }),
+                status: None,
+            }
+        };
+        let snapshot = TypedLocalObjectReference {
+            api_group: Some("snapshot.storage.k8s.io".into()),
+            kind: "VolumeSnapshot".into(),
+            name: "data-vkube-0".into(),
+        };
+        let cases = [
+            (claim(Some(snapshot.clone()), None), vec!["spec.dataSource"]),
+            (
+                claim(
+                    None,
+                    Some(TypedObjectReference {
+                        api_group: Some("snapshot.storage.k8s.io".into()),
+                        kind: "VolumeSnapshot".into(),
+                        name: "data-vkube-0".into(),
+                        namespace: None,
+                    }),
+                ),
+                vec!["spec.dataSourceRef"],
+            ),
+            (
+                claim(
+                    None,
+                    Some(TypedObjectReference {
+                        api_group: None,
+                        kind: "PersistentVolumeClaim".into(),
+                        name: "data".into(),
+                        namespace: Some("other".into()),
+                    }),
+                ),
+                vec!["spec.dataSourceRef.namespace"],
+            ),
+            (
+                claim(
+                    Some(TypedLocalObjectReference {
+                        api_group: Some("example.com".into()),
+                        kind: "PersistentVolumeClaim".into(),
+                        name: "x".into(),
+                    }),
+                    None,
+                ),
+                vec!["spec.dataSource"],
+            ),
+        ];
+        for (c, want) in cases {
+            let refused = to_host(&c, &t).unwrap_err();
+            let fields: Vec<_> = refused.iter().map(|r| r.field.as_str()).collect();
+            assert_eq!(fields, want);
+        }
     }
 }

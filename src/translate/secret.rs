@@ -30,10 +30,7 @@ mod tests {
 
     #[test]
     fn service_account_tokens_become_opaque() {
-        let t = Tenant {
-            name: "alice".into(),
-            host_namespace: "vkube-alice".into(),
-        };
+        let t = Tenant::new("alice", "vkube-alice");
         let v = Secret {
             metadata: ObjectMeta {
                 name: Some("tok".into()),
