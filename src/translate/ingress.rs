@@ -663,7 +663,9 @@ mod tests {
         assert!(!a.contains_key("nginx.ingress.kubernetes.io/rewrite-target"));
         // Dropped ones are not even renamed.
         let t = crate::translate::test_support::tenant();
-        assert!(!a.contains_key(&t.host_annotation_key("nginx.ingress.kubernetes.io/configuration-snippet")));
+        assert!(!a.contains_key(
+            &t.host_annotation_key("nginx.ingress.kubernetes.io/configuration-snippet")
+        ));
     }
 
     const SUFFIX: &str = "alice.apps.example.com";

@@ -427,7 +427,11 @@ mod tests {
         assert!(h.dropped[0].1.contains("CVE-2020-8554"));
         let annotations = h.service.metadata.annotations.clone().unwrap();
         assert!(!annotations.keys().any(|k| k.starts_with("metallb")));
-        assert_eq!(annotations["example.com/kept"], "yes");
+        // Other keys go on under the general metadata policy (renamed unless the admin allows).
+        assert_eq!(
+            annotations[&tenant().host_annotation_key("example.com/kept")],
+            "yes"
+        );
 
         // A load balancer keeps what shapes (and narrows) it, never an address of its choosing.
         let lb = ServicePolicy {
