@@ -90,7 +90,14 @@ async fn ingress_hosts_are_confined_to_the_tenants_own_suffix() {
     let t = Tenant::start_with(
         "ing-host",
         "127.0.0.1",
-        &["--ingress-host-suffix", SUFFIX_TEMPLATE],
+        // The admin lets every annotation key through the general metadata policy: these
+        // rules must hold whatever that policy allows.
+        &[
+            "--ingress-host-suffix",
+            SUFFIX_TEMPLATE,
+            "--allow-annotation",
+            "*",
+        ],
     );
     let unconfigured = Tenant::start("ing-nosuffix");
     let virt = t.client().await;
@@ -262,7 +269,14 @@ async fn controller_annotations_that_reach_outside_the_ingress_never_reach_the_h
     let t = Tenant::start_with(
         "ing-annot",
         "127.0.0.1",
-        &["--ingress-host-suffix", SUFFIX_TEMPLATE],
+        // The admin lets every annotation key through the general metadata policy: these
+        // rules must hold whatever that policy allows.
+        &[
+            "--ingress-host-suffix",
+            SUFFIX_TEMPLATE,
+            "--allow-annotation",
+            "*",
+        ],
     );
     let virt = t.client().await;
     let host = common::host_client().await;
