@@ -216,6 +216,10 @@ ports: [{name: pg, port: 5432}]
     .await
     .metadata
     .uid;
+    // Once its Service shows the host's cluster IP (the re-creation is over): hand-written
+    // Endpoints deleted during a re-creation are put back, as the endpoints controller's.
+    same_cluster_ip(&virt, &host, &t, "ext").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     Api::<Endpoints>::namespaced(virt.clone(), "default")
         .delete("ext", &DeleteParams::default())
         .await

@@ -506,7 +506,8 @@ const ENDPOINTS_GUARD: Duration = Duration::from_secs(10);
 /// Keeps hand-written Endpoints through the re-creation of their Service. The endpoints
 /// controller deletes the Endpoints of a deleted Service whenever its queue gets to it, which
 /// may be after the new Service exists; so for a while, a deleted copy is put back in its
-/// latest known form (edits made meanwhile are kept).
+/// latest known form (edits made meanwhile are kept). That controller deletes once per deleted
+/// Service, so the guard ends with its first put-back: a later delete is the tenant's own.
 async fn guard_endpoints(ctx: &Context, eps: &Api<Endpoints>, mut latest: Endpoints) {
     let key = ObjectRef::new(&latest.name_any()).within(&latest.namespace().unwrap_or_default());
     let until = tokio::time::Instant::now() + ENDPOINTS_GUARD;
@@ -518,7 +519,10 @@ async fn guard_endpoints(ctx: &Context, eps: &Api<Endpoints>, mut latest: Endpoi
         }
         let again = fresh_endpoints(&latest);
         match eps.create(&PostParams::default(), &again).await {
-            Ok(_) => tracing::info!(endpoints = %key, "hand-written endpoints put back"),
+            Ok(_) => {
+                tracing::info!(endpoints = %key, "hand-written endpoints put back");
+                return;
+            }
             // The store lags behind the API: it is there.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             // Tried again on the next round.
