@@ -10,6 +10,7 @@ pub mod configmap;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod ingress;
+pub mod networkpolicy;
 pub mod node;
 pub mod pod;
 pub mod pv;
