@@ -45,14 +45,8 @@ pub const CONTROL_PLANE_POLICY: &str = "vkube-control-plane";
 /// direction.
 pub const DEFAULT_ALLOWANCE: &str = "vkube.dev/default-allowance";
 /// Ranges closed to tenant pods besides the private ones: link-local (cloud metadata at
-/// 169.254.169.254), loopback (host-local services a node may route to) and IPv4-mapped IPv6.
-pub const CLOSED_RANGES: &[&str] = &[
-    "169.254.0.0/16",
-    "127.0.0.0/8",
-    "fe80::/10",
-    "::1/128",
-    "::ffff:0:0/96",
-];
+/// 169.254.169.254) and loopback (host-local services a node may route to).
+pub const CLOSED_RANGES: &[&str] = &["169.254.0.0/16", "127.0.0.0/8", "fe80::/10", "::1/128"];
 /// More complement selectors than this for one virtual namespace and direction, and the
 /// namespace's unselected pods get no default allowance (closed) instead.
 pub const MAX_DEFAULT_TERMS: usize = 32;
@@ -169,6 +163,15 @@ impl Net {
     }
 
     fn new(ip: IpAddr, prefix: u8) -> Net {
+        // An IPv4-mapped IPv6 range is the IPv4 range it carries, as the API server and policy
+        // agents (Go's net package) read it: otherwise `::ffff:10.0.0.0/104` would pass as an
+        // IPv6 range no closed IPv4 range overlaps, and reach the host as 10.0.0.0/8.
+        if let IpAddr::V6(v6) = ip
+            && prefix >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Net::new(IpAddr::V4(v4), prefix - 96);
+        }
         let (v6, bits, width) = match ip {
             IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
             IpAddr::V6(a) => (true, u128::from(a), 128),
@@ -1172,7 +1175,6 @@ mod tests {
                 "172.16.0.0/12",
                 "192.168.0.0/16",
                 "::1/128",
-                "::ffff:0.0.0.0/96",
                 "fc00::/7",
                 "fe80::/10",
             ]
@@ -1245,6 +1247,9 @@ mod tests {
         assert_eq!(block.except, Some(vec!["10.0.0.0/8".to_string()]));
         // Inside a closed range: nothing is left of it.
         for inside in [
+            // IPv4-mapped: read as the IPv4 range it carries, as the host reads it.
+            "::ffff:10.0.0.0/104",
+            "::ffff:a9fe:a9fe/128",
             "10.96.0.1/32",
             "169.254.169.254/32",
             "fd00::/8",
