@@ -151,10 +151,16 @@ async fn until_matrix(
 ) -> Duration {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
+    let mut first = true;
     loop {
         let got = probe(kubeconfig, namespace, pod, targets);
         if &got == want {
             return started.elapsed();
+        }
+        if std::mem::take(&mut first) {
+            report(&format!(
+                "network: {what}: first probe {got:?}, waiting for {want:?}"
+            ));
         }
         assert!(
             Instant::now() < deadline,

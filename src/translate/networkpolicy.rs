@@ -1688,6 +1688,46 @@ mod tests {
             }
         }
 
+        /// Whatever keys a tenant's selectors use (vkube's own included), every pod selector of
+        /// the host copy requires this tenant's label and nothing can require another value.
+        #[test]
+        fn host_copies_select_only_the_tenants_pods(
+            keys in prop::collection::vec(prop::sample::select(vec![MANAGED_BY, VIRTUAL_NAMESPACE, "vkube.dev/x", "app"]), 0..4),
+            value in prop::sample::select(vec!["bob", "alice", "other"]),
+            ns_selector in any::<bool>(),
+        ) {
+            let labels: serde_json::Map<String, serde_json::Value> =
+                keys.iter().map(|k| (k.to_string(), value.into())).collect();
+            let exprs: Vec<serde_json::Value> = keys.iter()
+                .map(|k| serde_json::json!({"key": k, "operator": "NotIn", "values": ["alice"]}))
+                .collect();
+            let sel = serde_json::json!({"matchLabels": labels, "matchExpressions": exprs});
+            let mut peer = serde_json::json!({"podSelector": sel});
+            if ns_selector {
+                peer["namespaceSelector"] = serde_json::json!({});
+            }
+            let p = policy("shop", "p", serde_json::json!({
+                "podSelector": sel,
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [peer.clone()]}],
+                "egress": [{"to": [peer]}],
+            }));
+            let host = to_host(&p, &tenant(), &namespaces(), &in_pod()).unwrap();
+            let spec = spec_of(&host.policy);
+            let mut selectors = vec![spec.pod_selector.clone().unwrap()];
+            for r in spec.ingress.iter().flatten() {
+                selectors.extend(r.from.iter().flatten().filter_map(|p| p.pod_selector.clone()));
+            }
+            for r in spec.egress.iter().flatten().take(1) {
+                selectors.extend(r.to.iter().flatten().filter_map(|p| p.pod_selector.clone()));
+            }
+            prop_assert_eq!(selectors.len(), 3);
+            for s in selectors {
+                prop_assert_eq!(s.match_labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str), Some("alice"));
+                prop_assert!(s.match_expressions.iter().flatten().all(|e| !e.key.starts_with(RESERVED_PREFIX) || e.key == VIRTUAL_NAMESPACE && e.operator == "In"));
+            }
+        }
+
         #[test]
         fn subtraction_removes_exactly_the_subtrahend(a in net_strategy(), b in net_strategy(), probe in any::<u32>()) {
             let pieces = subtract(a, b);
