@@ -541,8 +541,6 @@ write_env() {
     echo "VKUBE_E2E_REAL_NODE_NAME=$NODE_NAME"
     echo "VKUBE_E2E_REAL_NODE_IP=$NODE_IP"
     echo "VKUBE_E2E_REAL_NODE_TAINT=$TAINT_KEY"
-    # NetworkPolicies are enforced on this node (by kube-router).
-    echo "VKUBE_E2E_NETWORK_POLICY=kube-router"
     echo "VKUBE_E2E_TESTBOX_IMAGE=$("$HACK_DIR/images.sh" ref testbox)"
     if (( WITH_VKUBE )); then echo "VKUBE_E2E_VKUBE_IMAGE=$("$HACK_DIR/images.sh" ref vkube)"; fi
   } > "$ND/e2e.env"
