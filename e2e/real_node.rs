@@ -16,27 +16,27 @@ use kube::runtime::wait::{await_condition, conditions};
 use crate::common::{self, eventually, unique};
 
 /// What hack/real-node.sh reported through hack/test.sh.
-struct RealNode {
-    name: String,
-    testbox: String,
-    kubeconfig: PathBuf,
+pub(crate) struct RealNode {
+    pub(crate) name: String,
+    pub(crate) testbox: String,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 /// A line on the test process's stderr that shows even when libtest captures output (it captures
 /// only the print macros): a skip or a measurement must never pass unseen.
-fn report(line: &str) {
+pub(crate) fn report(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn required(var: &str) -> String {
+pub(crate) fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("VKUBE_E2E_REAL_NODE=1 but {var} is not set: source the env file hack/real-node.sh up prints")
     })
 }
 
 /// The real node, or None after printing why the calling test is skipped.
-fn real_node(test: &str) -> Option<RealNode> {
+pub(crate) fn real_node(test: &str) -> Option<RealNode> {
     if std::env::var("VKUBE_E2E_REAL_NODE").as_deref() != Ok("1") {
         let why = std::env::var("VKUBE_E2E_REAL_NODE_SKIP").unwrap_or_else(|_| {
             "VKUBE_E2E_REAL_NODE is not 1: no real node was started \
@@ -54,13 +54,13 @@ fn real_node(test: &str) -> Option<RealNode> {
 }
 
 /// A host namespace for one test, deleted when the test ends (pass or fail).
-struct TestNamespace {
-    name: String,
+pub(crate) struct TestNamespace {
+    pub(crate) name: String,
     kubeconfig: PathBuf,
 }
 
 impl TestNamespace {
-    fn create(node: &RealNode, prefix: &str) -> TestNamespace {
+    pub(crate) fn create(node: &RealNode, prefix: &str) -> TestNamespace {
         let name = unique(prefix);
         common::kubectl_ok(&node.kubeconfig, &["create", "namespace", &name]);
         TestNamespace {
@@ -82,7 +82,13 @@ impl Drop for TestNamespace {
 
 /// A pod for the real node: it tolerates the node's taint and selects it by label. Pods stop
 /// at once on delete (the test processes run as PID 1 and ignore SIGTERM).
-fn real_node_pod(ns: &str, name: &str, image: &str, labels: &str, containers: &str) -> String {
+pub(crate) fn real_node_pod(
+    ns: &str,
+    name: &str,
+    image: &str,
+    labels: &str,
+    containers: &str,
+) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -98,7 +104,7 @@ spec:
     )
 }
 
-fn apply(node: &RealNode, yaml: &str) {
+pub(crate) fn apply(node: &RealNode, yaml: &str) {
     let out = common::kubectl(&node.kubeconfig, &["apply", "-f", "-"], Some(yaml));
     assert!(
         out.status.success(),
@@ -108,7 +114,7 @@ fn apply(node: &RealNode, yaml: &str) {
 }
 
 /// Waits for the pod to be Running and returns it; on timeout, shows what the kubelet said.
-async fn running(node: &RealNode, pods: &Api<Pod>, name: &str) -> Pod {
+pub(crate) async fn running(node: &RealNode, pods: &Api<Pod>, name: &str) -> Pod {
     let wait = await_condition(pods.clone(), name, conditions::is_pod_running());
     match tokio::time::timeout(Duration::from_secs(90), wait).await {
         Ok(Ok(Some(pod))) => pod,

@@ -4,7 +4,8 @@
 # etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok) with its stage files, and helm
 # (helm.sh/helm/v3, for the chart in charts/vkube).
 # With --real-node also what hack/real-node.sh runs: kubelet and kube-proxy (k8s.io/kubernetes),
-# CoreDNS (github.com/coredns/coredns) and crictl (sigs.k8s.io/cri-tools). The default path does
+# CoreDNS (github.com/coredns/coredns), crictl (sigs.k8s.io/cri-tools) and kube-router
+# (github.com/cloudnativelabs/kube-router/v2, its NetworkPolicy firewall only). The default path does
 # not build them, so the host cluster alone stays quick to set up.
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
 #
@@ -160,6 +161,15 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm failed"
 }
 
+build_kube_router() {
+  need_build kube-router || { log "kube-router $KUBE_ROUTER_VERSION cached"; return; }
+  log "building kube-router $KUBE_ROUTER_VERSION"
+  # Like kwok: no replace directives in its go.mod, so go install works directly.
+  GOBIN="$VKUBE_BIN" go install -trimpath \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION -X github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate=1970-01-01T00:00:00Z" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION" || die "building kube-router failed"
+}
+
 start=$(date +%s)
 build_etcd
 build_kwok
@@ -168,6 +178,7 @@ build_kubernetes
 if (( REAL_NODE )); then
   build_coredns
   build_crictl
+  build_kube_router
 fi
 log "all components ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
 echo "$VKUBE_BIN"

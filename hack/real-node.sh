@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real node for a host cluster of hack/host-cluster.sh: containerd + runc, a kubelet, kube-proxy
-# (iptables mode) and CoreDNS, so tests can run real containers beside the kwok nodes.
+# (iptables mode), CoreDNS and kube-router's NetworkPolicy firewall, so tests can run real
+# containers beside the kwok nodes and see NetworkPolicies stop real packets.
 #
 #   hack/real-node.sh up     --dir DIR [--with-vkube-image]   start; prints the path of an env file
 #                                                             for the e2e tests
@@ -60,11 +61,12 @@ DNS_IP=10.96.0.10
 API_SERVICE_IP=10.96.0.1
 TAINT_KEY=vkube.dev/real-node
 LABEL=vkube.dev/node-type=real
-PACKAGES=(containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev)
+PACKAGES=(containerd runc containernetworking-plugins busybox-static iptables ipset gcc libc6-dev)
 # Kernel settings the kubelet (protectKernelDefaults=false makes it set its preferred values),
 # the CNI bridge plugin (ip_forward) and kube-proxy may change: saved by `up`, restored by `down`.
 SYSCTLS=(net/ipv4/ip_forward net/ipv4/conf/all/route_localnet vm/overcommit_memory vm/panic_on_oom
-  kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
+  kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes
+  net/bridge/bridge-nf-call-iptables)
 # Host paths outside DIR that containerd 1.6, libcni and the kubelet create no matter how they are
 # configured; `down` removes them when they did not exist before `up`.
 HOST_DIRS=(/run/containerd /run/netns /var/lib/cni /var/log/containers /var/lib/kubelet)
@@ -174,6 +176,7 @@ gen_pki() {
   # system:kube-proxy is bound to the built-in system:node-proxier ClusterRole.
   leaf kube-proxy "/CN=system:kube-proxy" "$client"
   leaf coredns "/CN=vkube-real-node:coredns" "$client"
+  leaf kube-router "/CN=vkube-real-node:kube-router" "$client"
 }
 
 kubeconfig() { # file cert-name
@@ -217,6 +220,7 @@ record_before() {
   : > "$STATE/host-dirs"
   for s in "${HOST_DIRS[@]}"; do [[ -e "$s" ]] && echo "$s" >> "$STATE/host-dirs"; done
   ls /run/netns 2>/dev/null > "$STATE/netns" || : > "$STATE/netns"
+  ipset list -n 2>/dev/null | sort > "$STATE/ipsets" || : > "$STATE/ipsets"
   echo "$DIR" > "$STATE/dir"
 }
 
@@ -252,6 +256,16 @@ JSON
   iptables -w 5 -N VKUBE-REAL-NODE-EGRESS 2>/dev/null || iptables -w 5 -F VKUBE-REAL-NODE-EGRESS
   iptables -w 5 -A VKUBE-REAL-NODE-EGRESS -i "$CNI_DEV" ! -o "$CNI_DEV" -j REJECT
   iptables -w 5 -C FORWARD -j VKUBE-REAL-NODE-EGRESS 2>/dev/null || iptables -w 5 -I FORWARD -j VKUBE-REAL-NODE-EGRESS
+  # The same in the mangle table, which every forwarded packet passes before filter: kube-router
+  # keeps its own jump first in filter FORWARD and ACCEPTs what a NetworkPolicy allows there, so
+  # the filter rule alone would let allowed "internet" traffic through.
+  iptables -w 5 -t mangle -N VKUBE-REAL-NODE-EGRESS 2>/dev/null || iptables -w 5 -t mangle -F VKUBE-REAL-NODE-EGRESS
+  iptables -w 5 -t mangle -A VKUBE-REAL-NODE-EGRESS -i "$CNI_DEV" ! -o "$CNI_DEV" -j DROP
+  iptables -w 5 -t mangle -C FORWARD -j VKUBE-REAL-NODE-EGRESS 2>/dev/null \
+    || iptables -w 5 -t mangle -I FORWARD -j VKUBE-REAL-NODE-EGRESS
+  # Pods on the one bridge talk at layer 2: br_netfilter passes those frames through iptables
+  # (FORWARD, physdev) so that NetworkPolicies apply to them too. Restored by down.
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
 }
 
 # Pods reach the host API as in-cluster clients do: through the `kubernetes` Service. The API
@@ -487,6 +501,37 @@ COREFILE
   start_proc coredns "$VKUBE_BIN/coredns" -conf "$ND/Corefile"
 }
 
+# kube-router with only its NetworkPolicy firewall (no routing, no service proxy: the CNI bridge
+# and kube-proxy do those): per-pod iptables chains and ipsets in the filter table, through the
+# same `iptables` command (and so the same legacy or nf_tables backend) as kube-proxy and the
+# kubelet. Why kube-router: kube-network-policies queues packets through nftables (NFT_QUEUE),
+# which this kernel lacks; Calico and Cilium need far more (their own dataplane, eBPF or BGP).
+# kube-router v2.1.0 has known security reports (see hack/versions.sh); it is acceptable for a
+# throwaway test node that is never exposed.
+start_kube_router() {
+  kubeconfig "$ND/kube-router.kubeconfig" kube-router
+  kubectl_host apply -f - >/dev/null <<YAML || die "could not create kube-router's RBAC in the host cluster"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "vkube-real-node:kube-router"}
+rules:
+- {apiGroups: [""], resources: [pods, namespaces, nodes, services, endpoints], verbs: [get, list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "vkube-real-node:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "vkube-real-node:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "vkube-real-node:kube-router"}]
+YAML
+  log "starting kube-router $KUBE_ROUTER_VERSION (NetworkPolicy firewall only; $(iptables -V))"
+  # Health and metrics listeners off: nothing of it listens on the machine's addresses.
+  start_proc kube-router "$VKUBE_BIN/kube-router" --kubeconfig "$ND/kube-router.kubeconfig" \
+    --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false --run-service-proxy=false \
+    --enable-cni=false --health-port 0 --metrics-port 0 --service-cluster-ip-range 10.96.0.0/16 -v 1
+}
+
 dns_answers() { busybox nslookup "kubernetes.default.svc.cluster.local" "$DNS_IP" 2>/dev/null | grep -q '10\.96\.0\.1$'; }
 node_ready() { kubectl_host wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s; }
 
@@ -507,7 +552,7 @@ up() {
   if [[ -f "$STATE/dir" ]]; then
     local owner; owner="$(cat "$STATE/dir")"
     if [[ "$owner" == "$DIR" ]] && alive containerd && alive kubelet && alive kube-proxy && alive coredns \
-       && node_ready >/dev/null 2>&1; then
+       && alive kube-router && node_ready >/dev/null 2>&1; then
       log "real node already running for $DIR"
       VKUBE_BIN="$("$HACK_DIR/build-components.sh" --real-node)"
       import_images
@@ -543,8 +588,12 @@ up() {
   wait_for "kube-proxy rules for $DNS_IP" 60 sh -c "iptables -w 5 -t nat -S KUBE-SERVICES | grep -q '$DNS_IP/32'" \
     || die "kube-proxy did not program the kube-dns Service (log: $LOGS/kube-proxy.log)"
   wait_for "cluster DNS" 60 dns_answers || die "CoreDNS does not answer through $DNS_IP (log: $LOGS/coredns.log)"
+  # kube-router reads its node's address from the Node object: started once the node exists.
+  start_kube_router
+  wait_for "kube-router's firewall chains" 60 iptables -w 5 -S KUBE-ROUTER-FORWARD \
+    || die "kube-router did not set up its NetworkPolicy chains (log: $LOGS/kube-router.log)"
   local name
-  for name in containerd kubelet kube-proxy coredns; do alive "$name" || die "$name exited (log: $LOGS/$name.log)"; done
+  for name in containerd kubelet kube-proxy coredns kube-router; do alive "$name" || die "$name exited (log: $LOGS/$name.log)"; done
   log "real node $NODE_NAME ready in $(echo "$(date +%s.%N) - $t0" | bc) s (node IP $NODE_IP, pods $POD_CIDR, DNS $DNS_IP)"
   write_env
 }
@@ -612,8 +661,10 @@ unmount_under() { # path prefix: every mount at or below it, deepest first (stac
 
 teardown() {
   local crictl="$VKUBE_BIN/crictl" ep="unix://$CTR_SOCK" id
-  # 1. The kubelet first, so it does not restart what we remove.
+  # 1. The kubelet first, so it does not restart what we remove; kube-router, so it does not put
+  #    back the chains removed below.
   stop_proc kubelet 20
+  stop_proc kube-router
   # 2. Pod sandboxes through CRI: StopPodSandbox runs CNI DEL (veth, IPAM, portmap rules), removes
   #    the netns and unmounts /dev/shm; RemovePodSandbox removes the containers.
   local netns=()
@@ -672,6 +723,14 @@ teardown() {
   #    our egress guard, anything kube-proxy --cleanup missed), both IP families.
   remove_chains iptables
   remove_chains ip6tables
+  # kube-router's ipsets, once no rule refers to them: those that were not there before up.
+  if [[ -f "$STATE/ipsets" ]] && command -v ipset >/dev/null; then
+    local set
+    for set in $(ipset list -n 2>/dev/null); do
+      grep -qx "$set" "$STATE/ipsets" && continue
+      ipset destroy "$set" 2>/dev/null || log "warning: could not destroy ipset $set"
+    done
+  fi
   # 7. Kernel settings and host paths as they were.
   if [[ -f "$STATE/sysctl" ]]; then
     local s v
@@ -711,6 +770,7 @@ down() {
     kubectl_host -n kube-system delete service kube-dns --ignore-not-found >/dev/null 2>&1 || true
     kubectl_host -n kube-system delete endpointslice kube-dns-real-node --ignore-not-found >/dev/null 2>&1 || true
     kubectl_host delete clusterrolebinding,clusterrole "vkube-real-node:coredns" --ignore-not-found >/dev/null 2>&1 || true
+    kubectl_host delete clusterrolebinding,clusterrole "vkube-real-node:kube-router" --ignore-not-found >/dev/null 2>&1 || true
   fi
   teardown
   log "real node of $DIR stopped and removed"
@@ -718,7 +778,7 @@ down() {
 
 status() {
   local name
-  for name in containerd kubelet kube-proxy coredns; do
+  for name in containerd kubelet kube-proxy coredns kube-router; do
     if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name"))"; else echo "$name: stopped"; fi
   done
   [[ -f "$STATE/dir" ]] && echo "machine's real node belongs to: $(cat "$STATE/dir")"

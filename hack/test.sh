@@ -70,8 +70,8 @@ esac
 export VKUBE_E2E_HOST_KUBECONFIG="$HOST_KUBECONFIG" VKUBE_BIN_DIR="$BIN"
 # The real-node tests first and on their own: their timings (pod start latency) are not skewed by
 # the other tests, and they do not slow the timing-sensitive syncer tests on a 2-core machine.
-step "e2e tests on the real node (real containers, logs, exec, Services, cluster DNS)"
-cargo test --locked --test e2e real_node:: -- --test-threads "${VKUBE_E2E_THREADS:-4}"
+step "e2e tests on the real node (real containers, logs, exec, Services, cluster DNS, NetworkPolicies)"
+cargo test --locked --test e2e -- real_node:: attack_network:: --test-threads "${VKUBE_E2E_THREADS:-4}"
 
 # The platform as its users meet it (helm install, vkube create/pause/resume/delete): alone too,
 # since it measures create and resume times.
@@ -79,4 +79,4 @@ step "e2e tests of the self-service platform on the real node (helm chart, manag
 cargo test --locked --test e2e platform:: -- --test-threads 1
 
 step "e2e tests (real etcd, kube-apiserver, controller-manager, scheduler, kwok)"
-cargo test --locked --test e2e -- --skip real_node:: --skip platform:: --test-threads "${VKUBE_E2E_THREADS:-4}"
+cargo test --locked --test e2e -- --skip real_node:: --skip attack_network:: --skip platform:: --test-threads "${VKUBE_E2E_THREADS:-4}"

@@ -11,5 +11,11 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"
 # Helm, for the chart (charts/vkube): lint, template and the e2e install. Built from its Go module.
 HELM_VERSION="${HELM_VERSION:-v3.20.2}"
+# kube-router, run by hack/real-node.sh with only its NetworkPolicy firewall (iptables + ipset):
+# the harness's CNI bridge enforces no NetworkPolicy, and kube-network-policies needs NFT_QUEUE,
+# which this kernel lacks. v2.1.0 is the only v2 release the Go module proxy serves; it has known
+# security reports (in its BGP/service-proxy parts and dependencies), acceptable in a throwaway
+# test node that only enforces policies and is never exposed.
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 VKUBE_CACHE="${VKUBE_CACHE:-$HOME/.cache/vkube}"
 VKUBE_BIN="${VKUBE_BIN:-$VKUBE_CACHE/$K8S_VERSION/bin}"

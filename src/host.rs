@@ -38,6 +38,11 @@ pub struct ApiService {
     pub endpoint: ApiEndpoint,
     /// The port vkube's DNS must listen on, when the Service has a DNS port (UDP 53).
     pub dns_target_port: Option<u16>,
+    /// The pods behind the Service (the control plane pod, as the manager makes it); `None`
+    /// for a selector-less Service (`--advertise-address`).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// The port the API port targets on those pods, when it is a number.
+    pub api_target_port: Option<u16>,
 }
 
 pub fn certs_secret_name(tenant: &str) -> String {
@@ -374,13 +379,44 @@ impl HostStore {
                 None => Some(DNS_SERVICE_PORT as u16),
                 Some(IntOrString::String(_)) => None,
             });
+        let api_target_port = match &https.target_port {
+            Some(IntOrString::Int(t)) => u16::try_from(*t).ok(),
+            None => u16::try_from(https.port).ok(),
+            Some(IntOrString::String(_)) => None,
+        };
         Ok(Some(ApiService {
             endpoint: ApiEndpoint {
                 host: ip,
                 port: https.port,
             },
             dns_target_port,
+            selector: spec.selector.filter(|s| !s.is_empty()),
+            api_target_port,
         }))
+    }
+
+    /// Applies vkube's base NetworkPolicies (`translate::networkpolicy::default_policies`) in
+    /// the host namespace with server-side apply: every tenant pod isolated, the control plane
+    /// pod open on its API and DNS ports.
+    pub async fn apply_default_network_policies(
+        &self,
+        control_plane: Option<&crate::translate::networkpolicy::ControlPlane>,
+    ) -> Result<(), HostError> {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for (name, spec) in crate::translate::networkpolicy::default_policies(control_plane) {
+            let policy = serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": labels(&self.tenant)},
+                "spec": spec,
+            });
+            api.patch(&name, &params, &Patch::Apply(&policy))
+                .await
+                .map_err(|e| self.api_error(e))?;
+        }
+        Ok(())
     }
 
     pub async fn get_kubeconfig(&self) -> Result<String, HostError> {

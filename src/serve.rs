@@ -20,6 +20,7 @@ use crate::tls::{self, TlsError};
 use crate::translate::Tenant;
 use crate::translate::endpoints::EndpointPolicy;
 use crate::translate::ingress::IngressPolicy;
+use crate::translate::networkpolicy::{self as netpol, EgressPolicy, TenantNetwork};
 use crate::translate::security::Level;
 use crate::translate::service::ServicePolicy;
 
@@ -43,6 +44,14 @@ pub enum ServeError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Dns(#[from] crate::dns::server::DnsError),
+    #[error(
+        "applying the default tenant NetworkPolicies in host namespace {namespace}: {source}; the Role in manifests/serve-rbac.yaml grants networkpolicies, or pass --default-network-policy off where the namespace's policies are kept by someone else (the vkube manager)"
+    )]
+    DefaultNetworkPolicy {
+        namespace: String,
+        #[source]
+        source: Box<HostError>,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -78,6 +87,8 @@ pub struct ServeOptions {
     pub startup_timeout: Duration,
     /// Syncer settings; `None` runs the control plane without syncing anything to the host.
     pub syncer: Option<SyncerOptions>,
+    /// Apply vkube's base NetworkPolicies in the host namespace (off where the manager does).
+    pub default_network_policy: bool,
 }
 
 /// What the syncer copies and allows; the tenant and host namespace come from the serve options.
@@ -96,6 +107,8 @@ pub struct SyncerOptions {
     pub metadata: crate::translate::MetadataPolicy,
     pub node_sync: syncer::NodeSync,
     pub storage_sync: syncer::StorageSync,
+    /// The admin's egress ranges for tenant pods.
+    pub egress: EgressPolicy,
 }
 
 /// Runs until `shutdown` resolves, then stops everything in order.
@@ -160,6 +173,34 @@ pub async fn run(
         && let Some(port) = api_service.as_ref().and_then(|s| s.dns_target_port)
     {
         dns_socket = Some(crate::dns::server::bind_std(dns_at(port))?);
+    }
+    // Where the tenant's pods reach this control plane, for the network policies: the advertised
+    // address, or the pods behind the API Service (the manager's StatefulSet).
+    let tenant_control_plane = match (&advertised, &api_service) {
+        (Some(a), _) => Some(netpol::ControlPlane::Address {
+            ip: a.ip,
+            api_port: i32::from(a.https_port),
+            dns_port: a.dns_port.map(i32::from),
+        }),
+        (None, Some(s)) => s
+            .selector
+            .clone()
+            .zip(s.api_target_port)
+            .map(|(selector, port)| netpol::ControlPlane::Pod {
+                selector,
+                api_port: i32::from(port),
+                dns_port: s.dns_target_port.map(i32::from),
+            }),
+        (None, None) => None,
+    };
+    if opts.default_network_policy {
+        store
+            .apply_default_network_policies(tenant_control_plane.as_ref())
+            .await
+            .map_err(|source| ServeError::DefaultNetworkPolicy {
+                namespace: namespace.clone(),
+                source: Box::new(source),
+            })?;
     }
     let api_endpoint = api_service.map(|s| s.endpoint);
     if let Some(ep) = &api_endpoint {
@@ -336,6 +377,24 @@ pub async fn run(
             cluster_dns: cluster_dns.clone(),
             node_sync: o.node_sync,
             storage_sync: o.storage_sync,
+            network: TenantNetwork {
+                control_plane: tenant_control_plane.clone().into_iter().collect(),
+                egress: EgressPolicy {
+                    allow: o.egress.allow.clone(),
+                    // The virtual service range holds the host's service IPs (see --service-cidr).
+                    deny: o
+                        .egress
+                        .deny
+                        .iter()
+                        .copied()
+                        .chain(
+                            opts.service_cidr
+                                .split(',')
+                                .filter_map(|c| c.trim().parse().ok()),
+                        )
+                        .collect(),
+                },
+            },
             ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();

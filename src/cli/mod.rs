@@ -30,6 +30,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one virtual cluster's control plane (etcd, kube-apiserver, controller-manager) and
@@ -282,6 +288,25 @@ struct ServeArgs {
     /// logs one warning and shows none (claims keep working).
     #[arg(long, env = "VKUBE_STORAGE_SYNC", default_value = "used")]
     storage_sync: vkube::syncer::StorageSync,
+    /// vkube's base NetworkPolicies in the host namespace: every tenant pod isolated, the
+    /// control plane pod open on its API and DNS ports. `off` when whoever manages the
+    /// namespace keeps them (the vkube manager does). The syncer's default allowances and the
+    /// tenant's own policies are kept either way.
+    #[arg(
+        long,
+        env = "VKUBE_DEFAULT_NETWORK_POLICY",
+        value_enum,
+        default_value = "on"
+    )]
+    default_network_policy: Switch,
+    /// A range tenant pods may reach although it is closed by default (private, loopback and
+    /// link-local ranges are; repeatable), e.g. a database subnet.
+    #[arg(long = "egress-allow-cidr")]
+    egress_allow_cidrs: Vec<vkube::translate::endpoints::Cidr>,
+    /// Another range closed to tenant pods (repeatable): the host cluster's pod, service and
+    /// node networks where they lie outside the private ranges.
+    #[arg(long = "egress-deny-cidr")]
+    egress_deny_cidrs: Vec<vkube::translate::endpoints::Cidr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -471,7 +496,12 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             ),
             node_sync: args.node_sync,
             storage_sync: args.storage_sync,
+            egress: vkube::translate::networkpolicy::EgressPolicy {
+                allow: args.egress_allow_cidrs,
+                deny: args.egress_deny_cidrs,
+            },
         }),
+        default_network_policy: args.default_network_policy == Switch::On,
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())

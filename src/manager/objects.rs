@@ -213,11 +213,22 @@ pub fn namespaced(
         name: TENANT_POLICY_NAME.into(),
         body: limit_range(&name, policy),
     });
-    out.push(Namespaced {
-        kind: Kind::NetworkPolicy,
-        name: TENANT_POLICY_NAME.into(),
-        body: network_policy(&name),
-    });
+    // The base of the default tenant NetworkPolicy (the tenant's syncer keeps the rest).
+    let control_plane = crate::translate::networkpolicy::ControlPlane::Pod {
+        selector: serde_json::from_value(selector(&name)).unwrap_or_default(),
+        api_port: LISTEN_PORT,
+        dns_port: Some(DNS_PORT),
+    };
+    for (policy_name, spec) in
+        crate::translate::networkpolicy::default_policies(Some(&control_plane))
+    {
+        out.push(Namespaced {
+            kind: Kind::NetworkPolicy,
+            body: json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": meta(&name, &policy_name), "spec": spec}),
+            name: policy_name,
+        });
+    }
     out.push(Namespaced {
         kind: Kind::Service,
         name: svc.clone(),
@@ -304,21 +315,6 @@ fn limit_range(name: &str, policy: &Policy) -> Value {
            "spec": {"limits": [{"type": "Container", "defaultRequest": defaults}]}})
 }
 
-/// Tenant pods talk to each other and to the tenant API; nothing from other namespaces reaches
-/// them, while the tenant API stays reachable from anywhere (developers, the manager's probe).
-fn network_policy(name: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-    "metadata": meta(name, TENANT_POLICY_NAME),
-    "spec": {
-        "podSelector": {},
-        "policyTypes": ["Ingress"],
-        "ingress": [
-            {"from": [{"podSelector": {}}]},
-            {"ports": [{"port": LISTEN_PORT, "protocol": "TCP"}]},
-        ],
-    }})
-}
-
 fn selector(name: &str) -> Value {
     json!({LABEL_VIRTUAL_CLUSTER: name, COMPONENT_LABEL: CONTROL_PLANE})
 }
@@ -376,6 +372,14 @@ pub fn stateful_set(
     if !policy.syncer_cluster_read {
         // Without the grant, say so in the arguments rather than in a warning at every start.
         args.extend(["--node-sync", "pseudo", "--storage-sync", "off"].map(String::from));
+    }
+    // The manager keeps the base NetworkPolicies itself; the admin's ranges go to the syncer.
+    args.extend(["--default-network-policy", "off"].map(String::from));
+    for c in &policy.network.egress_allow_cidrs {
+        args.extend(["--egress-allow-cidr".into(), c.clone()]);
+    }
+    for c in &policy.network.egress_deny_cidrs {
+        args.extend(["--egress-deny-cidr".into(), c.clone()]);
     }
     if vc.spec.sync.all_config_maps {
         args.push("--sync-all-configmaps".into());
@@ -655,6 +659,51 @@ mod tests {
         };
         assert!(args(false).contains("--node-sync pseudo --storage-sync off"));
         assert!(!args(true).contains("--node-sync"));
+    }
+
+    #[test]
+    fn the_namespace_gets_the_base_network_policy_and_the_syncer_the_admins_ranges() {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let (_, objs) = build(Default::default());
+        // The tenant's pods isolated; the control plane pod open on 8443 to anyone, DNS to the
+        // namespace. The syncer, told not to apply these itself, keeps the allowances.
+        let base: NetworkPolicy = find(&objs, Kind::NetworkPolicy, TENANT_POLICY_NAME);
+        assert_eq!(
+            base.spec.unwrap().policy_types,
+            Some(vec!["Ingress".to_string(), "Egress".to_string()])
+        );
+        let cp: NetworkPolicy = find(&objs, Kind::NetworkPolicy, "vkube-control-plane");
+        let spec = serde_json::to_value(cp.spec.unwrap()).unwrap();
+        assert_eq!(spec["podSelector"]["matchLabels"], selector("alice"));
+        assert_eq!(
+            spec["ingress"][0],
+            json!({"ports": [{"port": LISTEN_PORT, "protocol": "TCP"}]})
+        );
+        assert_eq!(spec["ingress"][1]["ports"][0]["port"], DNS_PORT);
+        let policies = objs
+            .iter()
+            .filter(|o| o.kind == Kind::NetworkPolicy)
+            .count();
+        assert_eq!(policies, 2, "nothing else may open what the base closes");
+
+        let vc = vc("alice", Default::default());
+        let mut p = policy();
+        p.network.egress_allow_cidrs = vec!["10.20.0.0/16".into()];
+        p.network.egress_deny_cidrs = vec!["198.51.100.0/24".into()];
+        let r = check(&vc, &p, 0).unwrap();
+        let sts: StatefulSet =
+            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+        let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--default-network-policy off"), "{args}");
+        assert!(args.contains("--egress-allow-cidr 10.20.0.0/16"), "{args}");
+        assert!(
+            args.contains("--egress-deny-cidr 198.51.100.0/24"),
+            "{args}"
+        );
     }
 
     #[test]

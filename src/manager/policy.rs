@@ -51,6 +51,22 @@ pub struct Policy {
     /// nodes, no storage mirrors, nothing cluster-wide for the syncer.
     #[serde(default)]
     pub syncer_cluster_read: bool,
+    /// Tenant pods' network beyond the default tenant NetworkPolicy (chart value
+    /// `policy.network`), passed to each tenant's `vkube serve`.
+    #[serde(default)]
+    pub network: NetworkValues,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkValues {
+    /// Ranges tenant pods may reach although closed by default (`--egress-allow-cidr`).
+    #[serde(default, rename = "egressAllowCIDRs")]
+    pub egress_allow_cidrs: Vec<String>,
+    /// More ranges closed to tenant pods (`--egress-deny-cidr`): the cluster's networks that
+    /// lie outside the private ranges.
+    #[serde(default, rename = "egressDenyCIDRs")]
+    pub egress_deny_cidrs: Vec<String>,
 }
 
 fn default_pull_policy() -> String {
@@ -143,6 +159,15 @@ impl Policy {
             .chain(quantities(&self.default_resources))
         {
             parse_quantity(q, kind).map_err(|e| PolicyError::Invalid(format!("{field}: {e}")))?;
+        }
+        for (field, cidrs) in [
+            ("network.egressAllowCIDRs", &self.network.egress_allow_cidrs),
+            ("network.egressDenyCIDRs", &self.network.egress_deny_cidrs),
+        ] {
+            for c in cidrs {
+                c.parse::<crate::translate::endpoints::Cidr>()
+                    .map_err(|e| PolicyError::Invalid(format!("{field}: {e}")))?;
+            }
         }
         Ok(())
     }
@@ -515,5 +540,26 @@ placement:
         .unwrap_err();
         assert!(err.to_string().contains("defaultKubernetesVersion"));
         assert!(Policy::from_yaml("bogus: 1\n", "p").is_err());
+    }
+
+    #[test]
+    fn network_ranges_must_be_cidrs() {
+        let base =
+            "kubernetesVersions: [{version: '1.35', image: x}]\ndefaultKubernetesVersion: '1.35'\n";
+        let ok = Policy::from_yaml(
+            &format!("{base}network: {{egressAllowCIDRs: [10.20.0.0/16], egressDenyCIDRs: ['fd00::/8']}}\n"),
+            "p",
+        )
+        .unwrap();
+        assert_eq!(ok.network.egress_allow_cidrs, ["10.20.0.0/16"]);
+        let err = Policy::from_yaml(
+            &format!("{base}network: {{egressAllowCIDRs: [10.20.0.0]}}\n"),
+            "p",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("network.egressAllowCIDRs"),
+            "{err}"
+        );
     }
 }

@@ -12,12 +12,13 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Node, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
 use super::{
-    Context, endpoints, endpointslices, ingresses, nodes, pods, pvcs, referenced, services,
+    Context, endpoints, endpointslices, ingresses, networkpolicies, nodes, pods, pvcs, referenced,
+    services,
 };
 use crate::translate;
 
@@ -102,6 +103,10 @@ pub async fn sweep(ctx: &Context) {
     let host_ingresses: Api<Ingress> = ctx.host_api();
     for i in ingresses::orphans(ctx) {
         delete(&host_ingresses, i.as_ref(), "ingress").await;
+    }
+    let host_policies: Api<NetworkPolicy> = ctx.host_api();
+    for p in networkpolicies::orphans(ctx) {
+        delete(&host_policies, p.as_ref(), "networkpolicy").await;
     }
     let host_claims: Api<PersistentVolumeClaim> = ctx.host_api();
     for c in pvcs::orphans(ctx) {

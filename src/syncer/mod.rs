@@ -16,6 +16,7 @@ pub mod events;
 pub mod gc;
 pub mod host_pod;
 pub mod ingresses;
+pub mod networkpolicies;
 pub mod nodes;
 pub mod pods;
 pub mod pvcs;
@@ -35,10 +36,11 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -146,6 +148,9 @@ pub struct SyncerConfig {
     pub node_sync: NodeSync,
     /// Asked for; [`run`] turns it off without the cluster-read grant.
     pub storage_sync: StorageSync,
+    /// Where tenant pods reach their control plane and which ranges are closed to them: the
+    /// default allowances and the clipping of the tenant's NetworkPolicies.
+    pub network: crate::translate::networkpolicy::TenantNetwork,
 }
 
 impl SyncerConfig {
@@ -166,6 +171,7 @@ impl SyncerConfig {
             gc_interval: Duration::from_secs(30),
             node_sync: NodeSync::default(),
             storage_sync: StorageSync::default(),
+            network: Default::default(),
         }
     }
 }
@@ -201,6 +207,11 @@ pub struct Stores {
     pub virtual_volumes: Store<PersistentVolume>,
     pub virtual_policies: Store<ValidatingAdmissionPolicy>,
     pub virtual_policy_bindings: Store<ValidatingAdmissionPolicyBinding>,
+    pub virtual_network_policies: Store<NetworkPolicy>,
+    /// This tenant's host NetworkPolicies: copies of virtual ones and the default allowances.
+    pub host_network_policies: Store<NetworkPolicy>,
+    /// Virtual namespaces (their labels decide what a namespaceSelector peer selects).
+    pub virtual_namespaces: Store<Namespace>,
 }
 
 /// Shared by every controller.
@@ -618,6 +629,9 @@ pub async fn run(
     let (ing_requeue, ing_requeue_rx) = unbounded::<ObjectRef<Ingress>>();
     let (slice_main, slice_main_rx) = unbounded::<Result<EndpointSlice, watcher::Error>>();
     let (slice_requeue, slice_requeue_rx) = unbounded::<ObjectRef<EndpointSlice>>();
+    let (np_main, np_main_rx) = unbounded::<Result<NetworkPolicy, watcher::Error>>();
+    let (np_requeue, np_requeue_rx) = unbounded::<ObjectRef<NetworkPolicy>>();
+    let allowances_trigger = Arc::new(Notify::new());
 
     // A pod's references re-trigger the configmaps and secrets it uses.
     // New virtual pods join the backlog the moment the watch reports them; bound ones leave
@@ -883,6 +897,46 @@ pub async fn run(
         vec![owner_trigger(ing_requeue, gc.clone())],
     );
 
+    let (virtual_network_policies, r25, d25) = watched_store(
+        Api::<NetworkPolicy>::all(virt.clone()),
+        all.clone(),
+        vec![
+            main_trigger(np_main, gc.clone()),
+            notify_on_change(allowances_trigger.clone()),
+        ],
+    );
+    let (host_network_policies, r26, d26) = watched_store(
+        Api::<NetworkPolicy>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![
+            owner_trigger(np_requeue.clone(), gc.clone()),
+            // A default allowance changed or deleted on the host is put back.
+            notify_on_change(allowances_trigger.clone()),
+        ],
+    );
+    // A namespace's labels decide what namespaceSelector peers select: policies using them are
+    // translated again.
+    let labels_changed: Hook<Namespace> = {
+        let policies = virtual_network_policies.clone();
+        Box::new(move |ev| {
+            if !matches!(ev, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                return;
+            }
+            for p in policies.state() {
+                if crate::translate::networkpolicy::uses_namespace_labels(&p) {
+                    let _ = np_requeue.unbounded_send(
+                        ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()),
+                    );
+                }
+            }
+        })
+    };
+    let (virtual_namespaces, r27, d27) = watched_store(
+        Api::<Namespace>::all(virt.clone()),
+        all.clone(),
+        vec![labels_changed],
+    );
+
     let stores = Stores {
         virtual_pods,
         host_pods,
@@ -908,6 +962,9 @@ pub async fn run(
         virtual_volumes,
         virtual_policies,
         virtual_policy_bindings,
+        virtual_network_policies,
+        host_network_policies,
+        virtual_namespaces,
     };
     let (ready_tx, ready) = watch::channel(false);
     let recorder = Recorder::new(
@@ -933,10 +990,10 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut drivers = vec![
-        d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15, d16, d17,
+        d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15, d16, d17, d25, d26, d27,
     ];
     let mut readies = vec![
-        r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17,
+        r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r25, r26, r27,
     ];
     if real_nodes {
         drivers.push(d18);
@@ -991,6 +1048,15 @@ pub async fn run(
         ctx.clone(),
         ing_main_rx,
         ing_requeue_rx,
+    ));
+    tasks.spawn(networkpolicies::controller(
+        ctx.clone(),
+        np_main_rx,
+        np_requeue_rx,
+    ));
+    tasks.spawn(networkpolicies::keep_allowances(
+        ctx.clone(),
+        allowances_trigger,
     ));
 
     let readiness = {

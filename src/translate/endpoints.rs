@@ -73,6 +73,15 @@ impl fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// The address as written (not necessarily the network address).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let (net, ip, bits) = match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(*i) as u128, 32),

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod fields;
 pub mod ingress;
+pub mod networkpolicy;
 pub mod node;
 pub mod placement;
 pub mod pod;
