@@ -477,6 +477,12 @@ fn host_selector(tenant: &Tenant, namespace: Option<&str>, reqs: &[Req]) -> Labe
     };
     let mut expressions = Vec::new();
     for r in reqs {
+        // The tenant's keys as the host pods carry them (renamed unless the admin allows them);
+        // vkube's own keys here were put in by this translation, never by the tenant.
+        let mut r = r.clone();
+        if !r.key.starts_with(RESERVED_PREFIX) {
+            r.key = tenant.host_label_key(&r.key);
+        }
         match (r.op, r.values.as_slice()) {
             (Op::In, [v]) if !labels.contains_key(&r.key) => {
                 labels.insert(r.key.clone(), v.clone());
@@ -1264,6 +1270,55 @@ mod tests {
     }
 
     #[test]
+    fn host_copies_select_host_pods_by_the_keys_the_pod_translation_writes() {
+        use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+        let vpod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("db-0".into()),
+                namespace: Some("shop".into()),
+                labels: Some(BTreeMap::from([
+                    ("role".into(), "db".into()),
+                    ("example.com/tier".into(), "gold".into()),
+                ])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let hpod = crate::translate::pod::to_host(&vpod, &tenant(), &Default::default()).unwrap();
+        let host_labels = hpod.pod.metadata.labels.unwrap();
+        let p = policy(
+            "shop",
+            "db",
+            serde_json::json!({
+                "podSelector": {"matchLabels": {"role": "db"},
+                                "matchExpressions": [{"key": "example.com/tier", "operator": "In", "values": ["gold"]}]},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "db"}}}]}],
+            }),
+        );
+        let host = to_host(&p, &tenant(), &namespaces(), &in_pod()).unwrap();
+        let spec = spec_of(&host.policy);
+        let peer = spec.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0]
+            .pod_selector
+            .clone()
+            .unwrap();
+        for sel in [spec.pod_selector.clone().unwrap_or_default(), peer] {
+            let reqs = requirements(&sel).unwrap();
+            assert!(
+                matches_all(&reqs, &host_labels),
+                "{reqs:?} must select {host_labels:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_tenant_policy_selects_only_its_own_pods_in_its_namespace() {
         let p = policy(
             "shop",
@@ -1294,7 +1349,8 @@ mod tests {
             serde_json::to_value(&spec.pod_selector).unwrap(),
             serde_json::json!({
                 "matchLabels": {"app": "db", MANAGED_BY: "alice", VIRTUAL_NAMESPACE: "shop"},
-                "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["cache"]}],
+                // "tier" is not on the default allow-list: the host pods carry it renamed.
+                "matchExpressions": [{"key": tenant().host_label_key("tier"), "operator": "NotIn", "values": ["cache"]}],
             }),
             "a forged ownership label cannot select another tenant's pods"
         );
