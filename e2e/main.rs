@@ -2,6 +2,7 @@
 //! host cluster: run them with `hack/test.sh`, which starts one and sets
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
+mod attack_manager;
 mod cluster_read;
 mod common;
 mod networking;
