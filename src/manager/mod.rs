@@ -218,7 +218,7 @@ fn error_policy(vc: Arc<VirtualCluster>, error: &Error, _ctx: Arc<Context>) -> A
         Error::CleanupPending(_) => Action::requeue(Duration::from_secs(2)),
         // RBAC takes a moment to see a new RoleBinding.
         Error::RightsPending { .. } => {
-            tracing::debug!(vcluster = %vc.name_any(), error = %error, "rights pending");
+            tracing::warn!(vcluster = %vc.name_any(), error = %error, "retrying");
             Action::requeue(Duration::from_secs(1))
         }
         e => {
@@ -251,15 +251,23 @@ enum Put {
     Conflict(String),
 }
 
+/// The cluster objects are made for.
+#[derive(Clone, Copy)]
+struct For<'a> {
+    name: &'a str,
+    uid: &'a str,
+}
+
 /// Creates `body` if absent (a plain create), or applies it (server-side, forced: the manager
 /// owns these objects' fields) if it carries this cluster's UID, or an earlier cluster's of the
 /// same name made by a vkube manager (its finalizer was bypassed; nothing else can make
-/// objects named after this cluster). Anything else is a conflict and stays as it is.
+/// objects named after this cluster), or is this cluster's from a manager that did not label
+/// UIDs yet. Anything else is a conflict and stays as it is.
 async fn put_owned<K>(
     api: &Api<K>,
     name: &str,
     body: &serde_json::Value,
-    uid: &str,
+    cluster: For<'_>,
     what: &str,
 ) -> Result<Put, kube::Error>
 where
@@ -284,7 +292,9 @@ where
             Err(e) => Err(e),
         };
     };
-    if !objects::is_ours(existing.labels(), uid) {
+    if !objects::is_ours(existing.labels(), cluster.uid)
+        && !objects::is_legacy(existing.labels(), cluster.name)
+    {
         match objects::made_for(existing.labels()) {
             Some(earlier) => {
                 tracing::info!(
@@ -417,6 +427,10 @@ async fn refuse(ctx: &Context, vc: &VirtualCluster, why: String) -> Result<Actio
 async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     let name = vc.metadata.name.clone().ok_or(Error::NoName)?;
     let uid = vc.metadata.uid.clone().ok_or(Error::NoUid)?;
+    let me = For {
+        name: &name,
+        uid: &uid,
+    };
     let ns = objects::host_namespace(&name);
     if objects::owner(vc).is_none() {
         return refuse(
@@ -438,7 +452,7 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
                 &Api::<ClusterRole>::all(ctx.client.clone()),
                 &role_name,
                 &role,
-                &uid,
+                me,
                 &format!("ClusterRole {role_name}"),
             )
             .await?,
@@ -446,7 +460,7 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
                 &Api::<ClusterRoleBinding>::all(ctx.client.clone()),
                 &role_name,
                 &binding,
-                &uid,
+                me,
                 &format!("ClusterRoleBinding {role_name}"),
             )
             .await?,
@@ -476,7 +490,7 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     // The manager's own binding comes first: RBAC lets it grant the owner (and apply the rest)
     // only with the rights it holds in this namespace.
     for obj in objects::namespaced(vc, &ctx.policy, &resolved, None, &ctx.manager) {
-        match apply_namespaced(&ctx.client, &ns, &obj, &uid).await {
+        match apply_namespaced(&ctx.client, &ns, &obj, me).await {
             Ok(Put::Done) => {}
             Ok(Put::Conflict(why)) => return refuse(ctx, vc, why).await,
             // RBAC sees the manager's new binding a moment after it is made; an admission
@@ -495,14 +509,13 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     if ctx.policy.syncer_cluster_read {
         let binding = objects::syncer_cluster_read_binding(vc).map_err(Error::Manifest)?;
         let what = format!("ClusterRoleBinding {cluster_read}");
-        if let Put::Conflict(why) =
-            put_owned(&bindings, &cluster_read, &binding, &uid, &what).await?
+        if let Put::Conflict(why) = put_owned(&bindings, &cluster_read, &binding, me, &what).await?
         {
             return refuse(ctx, vc, why).await;
         }
     } else {
         // Turned off: the grant goes (the syncer notices at its next start).
-        delete_if_ours(&bindings, &cluster_read, &uid).await?;
+        delete_if_ours(&bindings, &cluster_read, me).await?;
     }
     let svc = Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .get(&objects::service_name(&name))
@@ -514,7 +527,7 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|o| o.kind == Kind::StatefulSet)
     {
-        if let Put::Conflict(why) = apply_namespaced(&ctx.client, &ns, obj, &uid).await? {
+        if let Put::Conflict(why) = apply_namespaced(&ctx.client, &ns, obj, me).await? {
             return refuse(ctx, vc, why).await;
         }
     }
@@ -578,13 +591,13 @@ async fn apply_namespaced(
     client: &kube::Client,
     ns: &str,
     obj: &Namespaced,
-    uid: &str,
+    cluster: For<'_>,
 ) -> Result<Put, kube::Error> {
     async fn put<K>(
         client: &kube::Client,
         ns: &str,
         obj: &Namespaced,
-        uid: &str,
+        cluster: For<'_>,
     ) -> Result<Put, kube::Error>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -598,21 +611,21 @@ async fn apply_namespaced(
             &Api::<K>::namespaced(client.clone(), ns),
             &obj.name,
             &obj.body,
-            uid,
+            cluster,
             &what,
         )
         .await
     }
     match obj.kind {
-        Kind::ServiceAccount => put::<ServiceAccount>(client, ns, obj, uid).await,
-        Kind::Role => put::<Role>(client, ns, obj, uid).await,
-        Kind::RoleBinding => put::<RoleBinding>(client, ns, obj, uid).await,
-        Kind::ResourceQuota => put::<ResourceQuota>(client, ns, obj, uid).await,
-        Kind::LimitRange => put::<LimitRange>(client, ns, obj, uid).await,
-        Kind::NetworkPolicy => put::<NetworkPolicy>(client, ns, obj, uid).await,
-        Kind::Service => put::<Service>(client, ns, obj, uid).await,
-        Kind::Ingress => put::<Ingress>(client, ns, obj, uid).await,
-        Kind::StatefulSet => put::<StatefulSet>(client, ns, obj, uid).await,
+        Kind::ServiceAccount => put::<ServiceAccount>(client, ns, obj, cluster).await,
+        Kind::Role => put::<Role>(client, ns, obj, cluster).await,
+        Kind::RoleBinding => put::<RoleBinding>(client, ns, obj, cluster).await,
+        Kind::ResourceQuota => put::<ResourceQuota>(client, ns, obj, cluster).await,
+        Kind::LimitRange => put::<LimitRange>(client, ns, obj, cluster).await,
+        Kind::NetworkPolicy => put::<NetworkPolicy>(client, ns, obj, cluster).await,
+        Kind::Service => put::<Service>(client, ns, obj, cluster).await,
+        Kind::Ingress => put::<Ingress>(client, ns, obj, cluster).await,
+        Kind::StatefulSet => put::<StatefulSet>(client, ns, obj, cluster).await,
     }
 }
 
@@ -741,14 +754,16 @@ fn condition(
 
 /// Deletes a cluster-scoped object only if it carries this cluster's UID (and is still the
 /// same object: a precondition on its own UID).
-async fn delete_if_ours<K>(api: &Api<K>, name: &str, vc_uid: &str) -> Result<(), kube::Error>
+async fn delete_if_ours<K>(api: &Api<K>, name: &str, cluster: For<'_>) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let Some(found) = api.get_opt(name).await? else {
         return Ok(());
     };
-    if !objects::is_ours(found.labels(), vc_uid) {
+    if !objects::is_ours(found.labels(), cluster.uid)
+        && !objects::is_legacy(found.labels(), cluster.name)
+    {
         tracing::info!(object = name, "not this cluster's: left alone");
         return Ok(());
     }
@@ -770,6 +785,10 @@ where
 async fn cleanup(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     let name = vc.metadata.name.clone().ok_or(Error::NoName)?;
     let uid = vc.metadata.uid.clone().ok_or(Error::NoUid)?;
+    let me = For {
+        name: &name,
+        uid: &uid,
+    };
     let ns = objects::host_namespace(&name);
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     if let Some(found) = namespaces.get_opt(&ns).await?
@@ -799,12 +818,12 @@ async fn cleanup(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     delete_if_ours(
         &bindings,
         &objects::syncer_cluster_read_binding_name(&name),
-        &uid,
+        me,
     )
     .await?;
     let role = objects::owner_cluster_role(&name);
-    delete_if_ours(&bindings, &role, &uid).await?;
-    delete_if_ours(&Api::<ClusterRole>::all(ctx.client.clone()), &role, &uid).await?;
+    delete_if_ours(&bindings, &role, me).await?;
+    delete_if_ours(&Api::<ClusterRole>::all(ctx.client.clone()), &role, me).await?;
     tracing::info!(vcluster = %name, "deleted");
     Ok(Action::await_change())
 }

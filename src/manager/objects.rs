@@ -113,6 +113,15 @@ pub fn made_for(labels: &BTreeMap<String, String>) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
+/// Made for cluster `vc_name` by a manager that did not label UIDs yet (before vkube 0.2): the
+/// manager's own objects in a namespace that is this cluster's (its UID labelled by the admin
+/// when upgrading), and the grants named after the cluster.
+pub fn is_legacy(labels: &BTreeMap<String, String>, vc_name: &str) -> bool {
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_VIRTUAL_CLUSTER).map(String::as_str) == Some(vc_name)
+        && !labels.contains_key(UID_LABEL)
+}
+
 fn labels(vc_name: &str) -> Value {
     json!({
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -969,6 +978,14 @@ mod tests {
         // `vkube serve`'s own labels do not make a namespace the manager's.
         assert_eq!(made_for(&labels(Some("uid-2"), "vkube")), None);
         assert_eq!(made_for(&labels(None, MANAGED_BY)), None);
+        // An older manager's objects of this cluster (no UID yet), not anyone else's.
+        let mut old = labels(None, MANAGED_BY);
+        old.insert(LABEL_VIRTUAL_CLUSTER.into(), "alice".into());
+        assert!(is_legacy(&old, "alice"));
+        assert!(!is_legacy(&old, "bob"));
+        old.insert(LABEL_MANAGED_BY.into(), "vkube".into());
+        assert!(!is_legacy(&old, "alice"));
+        assert!(!is_legacy(&labels(Some("uid-2"), MANAGED_BY), "alice"));
     }
 
     #[test]
