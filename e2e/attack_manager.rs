@@ -425,7 +425,8 @@ impl Dev {
     }
 }
 
-/// Deletes a VirtualCluster as the admin at the end, whatever happened.
+/// Deletes a VirtualCluster as the admin at the end, whatever happened (its finalizer too:
+/// the manager may be gone by then).
 struct Cleanup(String);
 
 impl Drop for Cleanup {
@@ -437,6 +438,47 @@ impl Drop for Cleanup {
             "--ignore-not-found",
             "--wait=false",
         ]);
+        let _ = kubectl(&[
+            "patch",
+            "vc",
+            &self.0,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+    }
+}
+
+/// A ConfigMap whose finalizer keeps its namespace terminating until released (or dropped).
+struct Hold(String);
+
+impl Hold {
+    fn new(ns: &str) -> Hold {
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hold, finalizers: [e2e.vkube.dev/hold]}\n";
+        let out = kubectl_in(&["-n", ns, "create", "-f", "-"], yaml);
+        assert!(out.status.success(), "{}", text(&out));
+        Hold(ns.to_string())
+    }
+
+    fn release(&self) {
+        let _ = kubectl(&[
+            "-n",
+            &self.0,
+            "patch",
+            "configmap",
+            "hold",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -616,6 +658,10 @@ fn reserved_and_invalid_names_are_refused_at_admission() {
     let _platform = Platform::start();
     let mallory = Dev::new("mallory");
     let long = "x".repeat(41);
+    let _cleanup: Vec<Cleanup> = ["system", RESERVED, "a.b", long.as_str()]
+        .iter()
+        .map(|n| Cleanup(n.to_string()))
+        .collect();
     for (name, says) in [
         ("system", "the name system is reserved"),
         (RESERVED, "is reserved"),
@@ -969,9 +1015,7 @@ fn a_cluster_re_created_under_the_same_name_inherits_nothing() {
     platform.wait_phase(&name, "Starting");
     let first_uid = jsonpath(&["get", "vc", &name], "{.metadata.uid}");
     // Something in the namespace keeps it terminating.
-    let hold = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hold, finalizers: [e2e.vkube.dev/hold]}\n";
-    let out = common::kubectl(&admin(), &["-n", &ns, "create", "-f", "-"], Some(hold));
-    assert!(out.status.success(), "{}", text(&out));
+    let hold = Hold::new(&ns);
     mallory.delete(&name);
     let out = mallory.kubectl(
         &[
@@ -1026,17 +1070,7 @@ fn a_cluster_re_created_under_the_same_name_inherits_nothing() {
         first_uid
     );
 
-    kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "hold",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]);
+    hold.release();
     platform.wait_phase(&name, "Starting");
     assert_eq!(
         jsonpath(
