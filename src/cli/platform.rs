@@ -569,6 +569,19 @@ fn client_cert_not_before(yaml: &str) -> Option<time::OffsetDateTime> {
     vkube::pki::parse_cert(&pem).ok().map(|f| f.not_before)
 }
 
+/// The host API server's time (the `Date` of its answer), in Unix seconds.
+async fn server_now(client: &kube::Client) -> Option<i64> {
+    let req = http::Request::get("/version")
+        .body(kube::client::Body::from(Vec::new()))
+        .ok()?;
+    let resp = client.send(req).await.ok()?;
+    let date = resp.headers().get(http::header::DATE)?.to_str().ok()?;
+    k8s_openapi::jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(date)
+        .ok()
+        .map(|t| t.as_second())
+}
+
 /// Revokes every client certificate of the cluster issued before now: the annotation
 /// vkube.dev/credentials-not-before, which the manager hands to the control plane; it restarts,
 /// refuses older certificates and publishes a new admin kubeconfig, which is written to this
@@ -578,7 +591,12 @@ pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let host = host(&args.cluster).await?;
     let api: Api<VirtualCluster> = Api::all(host.client.clone());
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    // The host's clock, not this machine's: the epoch must not be in the future for the
+    // manager and the control plane (they refuse one that is).
+    let now = match server_now(&host.client).await {
+        Some(t) => t,
+        None => k8s_openapi::jiff::Timestamp::now().as_second(),
+    };
     let epoch = k8s_openapi::jiff::Timestamp::from_second(now)?;
     api.patch(
         &args.name,

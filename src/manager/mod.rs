@@ -283,14 +283,9 @@ where
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        return match api.create(&pp, &obj).await {
-            Ok(_) => Ok(Put::Done),
-            // Created meanwhile by someone: looked at again at the next reconcile.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Put::Conflict(format!(
-                "{what} was created by someone else at the same moment"
-            ))),
-            Err(e) => Err(e),
-        };
+        // Created meanwhile by someone else (409): the error retries, and the next look
+        // decides whose it is.
+        return api.create(&pp, &obj).await.map(|_| Put::Done);
     };
     if !objects::is_ours(existing.labels(), cluster.uid)
         && !objects::is_legacy(existing.labels(), cluster.name)
