@@ -210,7 +210,7 @@ pub async fn run(
     let ca_pem = pki.ca(Authority::Tenant).cert_pem.clone();
     let control_plane = ControlPlane::start(&cp_config, &files, &kcm_kubeconfig, |url| {
         let ca_pem = ca_pem.clone();
-        let admin = internal.clone();
+        let own = internal.clone();
         let kcm = kcm.clone();
         let kcm_kubeconfig = kcm_kubeconfig.clone();
         let internal_client = internal_client.clone();
@@ -222,8 +222,8 @@ pub async fn run(
                         context: "vkube-internal",
                         server: &url,
                         ca_pem: &ca_pem,
-                        cert_pem: &admin.cert_pem,
-                        key_pem: &admin.key_pem,
+                        cert_pem: &own.cert_pem,
+                        key_pem: &own.key_pem,
                         namespace: None,
                     }) else {
                         return false;
