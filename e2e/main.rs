@@ -4,6 +4,7 @@
 
 mod attack_classic;
 mod attack_ingress;
+mod attack_manager;
 mod attack_network;
 mod attack_pods;
 mod cluster_read;

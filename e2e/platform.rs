@@ -500,6 +500,37 @@ fn a_developer_creates_uses_pauses_resumes_and_deletes_a_virtual_cluster() {
     running("the tenant's pod Running again after resume");
     alice.kubectl_ok(&["get", "service", "web"]);
 
+    // A leaked kubeconfig: rotating revokes it (the control plane restarts with the epoch) and
+    // the new certificate lands in the owner's context.
+    let before_rotation = alice.dir.path().join("before-rotation");
+    std::fs::copy(alice.kubeconfig(), &before_rotation).unwrap();
+    let started = Instant::now();
+    let out = alice.vkube_ok(&["rotate-credentials", &name]);
+    report(&format!(
+        "MEASURE vkube rotate-credentials -> new kubeconfig: {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    assert!(out.contains("Credentials rotated"), "{out}");
+    assert_eq!(alice.current_context(), format!("vkube-{name}"));
+    let works = alice.kubectl(&["get", "namespaces"], None);
+    assert!(works.status.success(), "new kubeconfig: {}", text(&works));
+    let mut old = Command::new(bin("kubectl"));
+    old.arg("--kubeconfig")
+        .arg(&before_rotation)
+        .args(["get", "namespaces"]);
+    let refused = common::output_of(old, None);
+    assert!(
+        !refused.status.success(),
+        "the revoked certificate still works"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Unauthorized") || err.contains("logged in"),
+        "{}",
+        text(&refused)
+    );
+    running("the tenant's pod Running after the rotation");
+
     // From a machine that cannot reach the endpoint: a port-forward through the host API.
     let out = alice.vkube(&[
         "connect",

@@ -18,6 +18,10 @@ pub const GROUP: &str = "vkube.dev";
 pub const OWNER_ANNOTATION: &str = "vkube.dev/owner";
 /// The manager's finalizer: the host namespace and the owner's grants go before the object.
 pub const FINALIZER: &str = "vkube.dev/cleanup";
+/// Credential rotation (RFC 3339, set by `vkube rotate-credentials`): client certificates of the
+/// cluster issued before this time are refused and a new admin kubeconfig is published. The
+/// manager passes it to the control plane as `vkube serve --credentials-not-before`.
+pub const CREDENTIALS_NOT_BEFORE_ANNOTATION: &str = "vkube.dev/credentials-not-before";
 
 /// A virtual Kubernetes cluster: its own control plane in a host namespace, its pods run on the
 /// host's nodes.

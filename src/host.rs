@@ -126,6 +126,7 @@ pub async fn host_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::C
     Ok(config)
 }
 
+#[derive(Clone)]
 pub struct HostStore {
     client: kube::Client,
     url: String,

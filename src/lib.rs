@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod controlplane;
+pub mod credentials;
 pub mod dns;
 pub mod host;
 pub mod kubeconfig;

@@ -4,7 +4,13 @@
 //!
 //! Only the CAs and the service-account key must never change: kubeconfigs and service-account
 //! tokens already handed out depend on them. Leaf certificates are re-issued by [`Pki::reconcile`]
-//! when their names change (new SANs) or they near expiry.
+//! when their names change (new SANs), they near expiry, or (the admin certificate) they were
+//! issued before the credentials' "not before" epoch.
+//!
+//! Two identities are kept apart: the admin certificate handed out in the kubeconfig (an ordinary
+//! user in [`ADMIN_GROUP`], which `vkube serve` binds to `cluster-admin` in the virtual API, so
+//! RBAC decides and rotation revokes it) and vkube's own internal identity ([`Leaf::Internal`],
+//! `system:masters`, used only on loopback and never written into a kubeconfig).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,6 +27,12 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 const RENEW_BEFORE: Duration = Duration::days(30);
 const CA_VALIDITY: Duration = Duration::days(3650);
 const LEAF_VALIDITY: Duration = Duration::days(365);
+/// The handed-out admin certificate lives a month, not a year: a kubeconfig that leaks without
+/// anyone noticing stops working by itself. `vkube serve` renews it while running once less than
+/// [`ADMIN_RENEW_BEFORE`] is left, so a kubeconfig fetched at any time works for at least that
+/// long.
+pub const ADMIN_VALIDITY: Duration = Duration::days(30);
+pub const ADMIN_RENEW_BEFORE: Duration = Duration::days(10);
 /// Tolerate clocks of other machines that are slightly behind ours.
 const BACKDATE: Duration = Duration::hours(1);
 
@@ -84,12 +96,15 @@ pub enum Leaf {
     FrontProxyClient,
     EtcdServer,
     ApiServerEtcdClient,
+    /// The tenant's admin: the only client certificate vkube hands out.
     Admin,
     ControllerManager,
+    /// vkube's own client of the virtual API (syncer, DNS, token reviews), on loopback only.
+    Internal,
 }
 
 impl Leaf {
-    pub const ALL: [Leaf; 7] = [
+    pub const ALL: [Leaf; 8] = [
         Leaf::ApiServer,
         Leaf::Proxy,
         Leaf::FrontProxyClient,
@@ -97,6 +112,7 @@ impl Leaf {
         Leaf::ApiServerEtcdClient,
         Leaf::Admin,
         Leaf::ControllerManager,
+        Leaf::Internal,
     ];
 
     pub fn file_stem(self) -> &'static str {
@@ -108,6 +124,14 @@ impl Leaf {
             Leaf::ApiServerEtcdClient => "apiserver-etcd-client",
             Leaf::Admin => "admin",
             Leaf::ControllerManager => "controller-manager",
+            Leaf::Internal => "internal",
+        }
+    }
+
+    fn validity(self) -> (Duration, Duration) {
+        match self {
+            Leaf::Admin => (ADMIN_VALIDITY, ADMIN_RENEW_BEFORE),
+            _ => (LEAF_VALIDITY, RENEW_BEFORE),
         }
     }
 }
@@ -115,9 +139,15 @@ impl Leaf {
 /// User name the front-proxy client certificate carries; the API server only accepts identity
 /// headers from a certificate with this name.
 pub const FRONT_PROXY_CLIENT_NAME: &str = "front-proxy-client";
-/// Identity of the admin kubeconfig handed to the tenant.
+/// Identity of the admin kubeconfig handed to the tenant: an ordinary user whose group
+/// `vkube serve` binds to `cluster-admin` (ClusterRoleBinding [`ADMIN_GROUP`]), so RBAC decides
+/// and the certificate can be revoked (see `proxy::auth`).
 pub const ADMIN_USER: &str = "kubernetes-admin";
-pub const ADMIN_GROUP: &str = "system:masters";
+pub const ADMIN_GROUP: &str = "vkube:admins";
+/// vkube's own identity towards its virtual API server, on loopback only: never handed out, and
+/// the proxy refuses any certificate in this group.
+pub const INTERNAL_USER: &str = "vkube:internal";
+pub const INTERNAL_GROUP: &str = "system:masters";
 
 /// What the certificates must say; derived from flags. Changing it re-issues leaves only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +157,10 @@ pub struct PkiSpec {
     pub proxy_sans: Vec<String>,
     /// DNS names and IPs of the virtual API server (loopback plus in-cluster names).
     pub apiserver_sans: Vec<String>,
+    /// Handed-out client certificates issued before this instant are revoked: the admin
+    /// certificate is re-issued to start at or after it (whole seconds; see
+    /// [`Self::with_credentials_not_before`]).
+    pub credentials_not_before: Option<OffsetDateTime>,
 }
 
 impl PkiSpec {
@@ -162,7 +196,15 @@ impl PkiSpec {
             tenant: tenant.into(),
             proxy_sans,
             apiserver_sans,
+            credentials_not_before: None,
         }
+    }
+
+    /// Revokes the admin certificates issued before `epoch`, truncated to whole seconds (the
+    /// resolution of a certificate's validity).
+    pub fn with_credentials_not_before(mut self, epoch: Option<OffsetDateTime>) -> Self {
+        self.credentials_not_before = epoch.map(|t| t.replace_nanosecond(0).unwrap_or(t));
+        self
     }
 
     fn leaf(&self, leaf: Leaf) -> LeafSpec {
@@ -218,7 +260,16 @@ impl PkiSpec {
                     false,
                     true,
                 ),
+                Leaf::Internal => (
+                    Authority::Tenant,
+                    INTERNAL_USER,
+                    &[INTERNAL_GROUP],
+                    &[],
+                    false,
+                    true,
+                ),
             };
+        let (validity, renew_before) = leaf.validity();
         LeafSpec {
             authority,
             common_name: cn.into(),
@@ -226,6 +277,12 @@ impl PkiSpec {
             sans: sans.to_vec(),
             server,
             client,
+            validity,
+            renew_before,
+            not_before: match leaf {
+                Leaf::Admin => self.credentials_not_before,
+                _ => None,
+            },
         }
     }
 }
@@ -238,6 +295,10 @@ struct LeafSpec {
     sans: Vec<String>,
     server: bool,
     client: bool,
+    validity: Duration,
+    renew_before: Duration,
+    /// The earliest start of validity this certificate may have (the revocation epoch).
+    not_before: Option<OffsetDateTime>,
 }
 
 /// A certificate and its private key, both PEM.
@@ -547,8 +608,11 @@ fn new_leaf(what: &str, spec: &LeafSpec, ca: &CertKey) -> Result<CertKey, PkiErr
     }
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + LEAF_VALIDITY;
+    // Backdated for clock skew, but never to before the revocation epoch: a certificate issued
+    // after a rotation must not look like one from before it.
+    let earliest = spec.not_before.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    params.not_before = (now - BACKDATE).max(earliest);
+    params.not_after = now + spec.validity;
     params.serial_number = Some(random_serial());
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
     Ok(CertKey {
@@ -564,6 +628,7 @@ pub struct CertFacts {
     pub subject_organizations: Vec<String>,
     pub issuer_common_name: String,
     pub sans: Vec<String>,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub public_key_der: Vec<u8>,
 }
@@ -626,11 +691,15 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
         .unwrap_or(
             OffsetDateTime::UNIX_EPOCH, // an unrepresentable date is treated as expired
         );
+    // An unrepresentable start is treated as the oldest possible, i.e. revoked by any epoch.
+    let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     Ok(CertFacts {
         subject_common_name,
         subject_organizations,
         issuer_common_name,
         sans,
+        not_before,
         not_after,
         public_key_der: cert.public_key().subject_public_key.data.to_vec(),
     })
@@ -663,7 +732,10 @@ fn leaf_fits(have: &CertKey, ca: &CertKey, want: &LeafSpec, now: OffsetDateTime)
         && facts.issuer_common_name == ca_facts.subject_common_name
         && signed_by(&have.cert_pem, &ca.cert_pem)
         && have_sans == want_sans
-        && facts.not_after - now > RENEW_BEFORE
+        && facts.not_after - now > want.renew_before
+        && want
+            .not_before
+            .is_none_or(|epoch| facts.not_before >= epoch)
 }
 
 /// Whether `cert_pem`'s signature verifies with the public key of `ca_pem`.
@@ -799,6 +871,15 @@ mod tests {
         let admin = parse_cert(&pki.leaf(Leaf::Admin).cert_pem).unwrap();
         assert_eq!(admin.subject_common_name, ADMIN_USER);
         assert_eq!(admin.subject_organizations, vec![ADMIN_GROUP.to_string()]);
+        // The handed-out identity is not system:masters (RBAC decides, revocation works); only
+        // the internal one, which never leaves the pod, is.
+        assert_ne!(ADMIN_GROUP, "system:masters");
+        let internal = parse_cert(&pki.leaf(Leaf::Internal).cert_pem).unwrap();
+        assert_eq!(internal.subject_common_name, INTERNAL_USER);
+        assert_eq!(
+            internal.subject_organizations,
+            vec!["system:masters".to_string()]
+        );
         let kcm = parse_cert(&pki.leaf(Leaf::ControllerManager).cert_pem).unwrap();
         assert_eq!(kcm.subject_common_name, "system:kube-controller-manager");
         let proxy = parse_cert(&pki.leaf(Leaf::Proxy).cert_pem).unwrap();
@@ -893,6 +974,72 @@ mod tests {
             &pki.leaf(Leaf::Admin).cert_pem,
             &pki.ca(Authority::Tenant).cert_pem
         ));
+    }
+
+    #[test]
+    fn the_admin_certificate_lives_a_month_and_is_renewed_ten_days_before_its_end() {
+        let s = spec();
+        let pki = Pki::generate(&s).unwrap();
+        let admin = &pki.leaf(Leaf::Admin).cert_pem;
+        let facts = parse_cert(admin).unwrap();
+        let life = facts.not_after - OffsetDateTime::now_utc();
+        assert!(life <= ADMIN_VALIDITY && life > ADMIN_VALIDITY - Duration::hours(1));
+        let ca = pki.ca(Authority::Tenant);
+        let want = s.leaf(Leaf::Admin);
+        let now = OffsetDateTime::now_utc();
+        assert!(leaf_fits(
+            pki.leaf(Leaf::Admin),
+            ca,
+            &want,
+            now + Duration::days(19)
+        ));
+        assert!(!leaf_fits(
+            pki.leaf(Leaf::Admin),
+            ca,
+            &want,
+            now + Duration::days(21)
+        ));
+        // Components' certificates keep their year.
+        let kcm = parse_cert(&pki.leaf(Leaf::ControllerManager).cert_pem).unwrap();
+        assert!(kcm.not_after - now > Duration::days(300));
+    }
+
+    #[test]
+    fn a_credentials_epoch_reissues_only_the_admin_certificate_to_start_after_it() {
+        let s = spec();
+        let mut pki = Pki::generate(&s).unwrap();
+        let before = pki.clone();
+        // An epoch older than the certificate changes nothing.
+        let old = s
+            .clone()
+            .with_credentials_not_before(Some(OffsetDateTime::now_utc() - Duration::days(1)));
+        assert!(pki.reconcile(&old).unwrap().is_empty());
+        // One after it (with a fraction of a second, truncated) revokes the admin certificate.
+        let epoch = OffsetDateTime::now_utc() + Duration::milliseconds(1500);
+        let rotated = s.clone().with_credentials_not_before(Some(epoch));
+        assert_eq!(pki.reconcile(&rotated).unwrap(), vec![Leaf::Admin]);
+        let admin = parse_cert(&pki.leaf(Leaf::Admin).cert_pem).unwrap();
+        assert!(admin.not_before >= rotated.credentials_not_before.unwrap());
+        assert!(admin.not_before <= epoch);
+        assert_eq!(pki.authorities, before.authorities);
+        assert_eq!(
+            pki.leaf(Leaf::ControllerManager),
+            before.leaf(Leaf::ControllerManager)
+        );
+        assert_eq!(pki.leaf(Leaf::Internal), before.leaf(Leaf::Internal));
+        // Stable: the next start with the same epoch keeps it.
+        assert!(pki.reconcile(&rotated).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_admin_certificate_of_an_older_version_in_system_masters_is_reissued() {
+        let s = spec();
+        let mut pki = Pki::generate(&s).unwrap();
+        let mut legacy = s.leaf(Leaf::Admin);
+        legacy.organizations = vec!["system:masters".into()];
+        let old = new_leaf("admin", &legacy, pki.ca(Authority::Tenant)).unwrap();
+        pki.leaves.insert(Leaf::Admin, old);
+        assert_eq!(pki.reconcile(&s).unwrap(), vec![Leaf::Admin]);
     }
 
     #[test]

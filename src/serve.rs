@@ -52,6 +52,10 @@ pub enum ServeError {
         #[source]
         source: Box<HostError>,
     },
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialsError),
+    #[error("the admin ClusterRoleBinding in the virtual API: {0}")]
+    AdminBinding(#[source] kube::Error),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -85,6 +89,9 @@ pub struct ServeOptions {
     pub kubeconfig_out: Option<PathBuf>,
     pub kubeconfig_server: Option<String>,
     pub startup_timeout: Duration,
+    /// Client certificates issued before this are revoked (`--credentials-not-before`, RFC 3339);
+    /// the admin certificate is re-issued after it.
+    pub credentials_not_before: Option<String>,
     /// Syncer settings; `None` runs the control plane without syncing anything to the host.
     pub syncer: Option<SyncerOptions>,
     /// Apply vkube's base NetworkPolicies in the host namespace (off where the manager does).
@@ -118,6 +125,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     validate_tenant_name(&opts.name)?;
+    let credentials_not_before = opts
+        .credentials_not_before
+        .as_deref()
+        .map(|t| crate::credentials::parse_not_before(t, time::OffsetDateTime::now_utc()))
+        .transpose()?;
     opts.binaries.check().map_err(ControlPlaneError::from)?;
     let namespace = opts
         .host_namespace
@@ -216,7 +228,8 @@ pub async fn run(
         }),
         _ => None,
     };
-    let spec = PkiSpec::new(&opts.name, &service, &namespace, &extra_sans);
+    let spec = PkiSpec::new(&opts.name, &service, &namespace, &extra_sans)
+        .with_credentials_not_before(credentials_not_before);
     let pki = store.load_or_create_pki(&spec).await?;
 
     std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServeError::Write {
@@ -236,12 +249,13 @@ pub async fn run(
         service_cidr: opts.service_cidr.clone(),
         startup_timeout: opts.startup_timeout,
     };
-    let admin = pki.leaf(Leaf::Admin).clone();
+    // vkube's own client identity: never the certificate handed out in the kubeconfig.
+    let internal = pki.leaf(Leaf::Internal).clone();
     let kcm = pki.leaf(Leaf::ControllerManager).clone();
     let ca_pem = pki.ca(Authority::Tenant).cert_pem.clone();
     let control_plane = ControlPlane::start(&cp_config, &files, &kcm_kubeconfig, |url| {
         let ca_pem = ca_pem.clone();
-        let admin = admin.clone();
+        let own = internal.clone();
         let kcm = kcm.clone();
         let kcm_kubeconfig = kcm_kubeconfig.clone();
         let internal_client = internal_client.clone();
@@ -253,8 +267,8 @@ pub async fn run(
                         context: "vkube-internal",
                         server: &url,
                         ca_pem: &ca_pem,
-                        cert_pem: &admin.cert_pem,
-                        key_pem: &admin.key_pem,
+                        cert_pem: &own.cert_pem,
+                        key_pem: &own.key_pem,
                         namespace: None,
                     }) else {
                         return false;
@@ -305,6 +319,12 @@ pub async fn run(
         }
         .into());
     }
+    // The handed-out admin is cluster-admin through RBAC: the binding exists before any
+    // kubeconfig is published, and is put back if the tenant removes it.
+    if let Err(e) = crate::credentials::ensure_admin_binding(&virt_client).await {
+        control_plane.stop().await;
+        return Err(ServeError::AdminBinding(e));
+    }
     let mut tenant = Tenant::new(opts.name.clone(), namespace.clone());
     if let Some(o) = &opts.syncer {
         tenant.metadata = std::sync::Arc::new(o.metadata.clone());
@@ -314,7 +334,12 @@ pub async fn run(
         host: host.clone(),
         tenant: tenant.clone(),
     };
-    let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router) {
+    let client_certs = crate::proxy::auth::ClientCertPolicy {
+        tenant: opts.name.clone(),
+        not_before: spec.credentials_not_before,
+    };
+    let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router, client_certs)
+    {
         Ok(c) => c,
         Err(e) => {
             control_plane.stop().await;
@@ -346,8 +371,30 @@ pub async fn run(
         control_plane.stop().await;
         return Err(e);
     }
-    // vkube's own identity towards the virtual API for the read-only mirrors: the admin
-    // impersonating a user no tenant kubeconfig carries (see `syncer::storage`).
+    let binding_task = tokio::spawn(crate::credentials::keep_admin_binding(
+        virt_client.clone(),
+        stop_tx.subscribe(),
+    ));
+    let renew_task = {
+        let (opts, server, store) = (opts.clone(), server.clone(), store.clone());
+        let publisher = store.clone();
+        tokio::spawn(crate::credentials::keep_admin_certificate(
+            store,
+            spec.clone(),
+            pki.leaf(Leaf::Admin).clone(),
+            move |pki| {
+                let (opts, server, store) = (opts.clone(), server.clone(), publisher.clone());
+                async move {
+                    publish_kubeconfig(&opts, &pki, &server, &store)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+            stop_tx.subscribe(),
+        ))
+    };
+    // vkube's own identity towards the virtual API for the read-only mirrors: vkube's internal
+    // identity impersonating a user no tenant kubeconfig carries (see `syncer::storage`).
     let mirror_writer = match mirror_writer_client(&pki, &control_plane.apiserver_url()).await {
         Ok(c) => c,
         Err(e) => {
@@ -472,6 +519,8 @@ pub async fn run(
     if let Some(task) = dns_task {
         let _ = task.await;
     }
+    let _ = binding_task.await;
+    let _ = renew_task.await;
     control_plane.stop().await;
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
@@ -513,6 +562,7 @@ fn proxy_config(
     control_plane: &ControlPlane,
     internal: kube::Client,
     pods: crate::proxy::pods::PodRouter,
+    client_certs: crate::proxy::auth::ClientCertPolicy,
 ) -> Result<ProxyConfig, ServeError> {
     let proxy_leaf = pki.leaf(Leaf::Proxy);
     let tenant_ca = &pki.ca(Authority::Tenant).cert_pem;
@@ -522,6 +572,7 @@ fn proxy_config(
         backend_url: control_plane.apiserver_url(),
         backend_tls: tls::client_config(tenant_ca, &front.cert_pem, &front.key_pem)?,
         tokens: TokenAuthenticator::new(internal),
+        client_certs,
         pods: Some(pods),
     })
 }
@@ -561,19 +612,19 @@ async fn mirror_writer_client(
     pki: &crate::pki::Pki,
     url: &str,
 ) -> Result<kube::Client, ServeError> {
-    let admin = pki.leaf(Leaf::Admin);
+    let internal = pki.leaf(Leaf::Internal);
     let yaml = kubeconfig::render(&KubeconfigSpec {
         context: "vkube-mirror-writer",
         server: url,
         ca_pem: &pki.ca(Authority::Tenant).cert_pem,
-        cert_pem: &admin.cert_pem,
-        key_pem: &admin.key_pem,
+        cert_pem: &internal.cert_pem,
+        key_pem: &internal.key_pem,
         namespace: None,
     })?;
     Ok(kubeconfig::client_from_yaml_as(
         &yaml,
         syncer::storage::MIRROR_WRITER,
-        &[crate::pki::ADMIN_GROUP],
+        &[crate::pki::INTERNAL_GROUP],
     )
     .await?)
 }

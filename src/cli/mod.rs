@@ -56,6 +56,9 @@ enum Command {
     Pause(platform::NameArgs),
     /// Start a paused virtual cluster again.
     Resume(platform::NameArgs),
+    /// Revoke every credential of a virtual cluster issued until now (e.g. a leaked kubeconfig)
+    /// and fetch the new admin kubeconfig.
+    RotateCredentials(platform::RotateArgs),
     /// Print the VirtualCluster CustomResourceDefinition (YAML).
     Crd,
     /// Run the VirtualCluster controller (the platform's admin component; installed by the chart).
@@ -209,6 +212,11 @@ struct ServeArgs {
     /// Give up if the virtual API is not ready within this many seconds.
     #[arg(long, default_value_t = 120)]
     startup_timeout_seconds: u64,
+    /// Revoke every client certificate issued before this time (RFC 3339, e.g. the time a
+    /// kubeconfig leaked): the proxy refuses them and a new admin certificate is issued and
+    /// published. Keep passing the same value on later starts.
+    #[arg(long, env = "VKUBE_CREDENTIALS_NOT_BEFORE")]
+    credentials_not_before: Option<String>,
     /// Run only the control plane; copy nothing to the host.
     #[arg(long)]
     no_sync: bool,
@@ -314,7 +322,8 @@ struct ManagerArgs {
     /// The admin's policy (YAML; the chart mounts it from its values).
     #[arg(long, env = "VKUBE_POLICY", default_value = "/etc/vkube/policy.yaml")]
     policy: PathBuf,
-    /// Namespace of the leader election Lease (default: the pod's namespace).
+    /// Namespace of the leader election Lease (default: the pod's namespace); also the
+    /// manager's own namespace, which no virtual cluster's host namespace may be.
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Run without leader election (one replica only; for development).
@@ -349,6 +358,7 @@ pub fn main() -> ExitCode {
             Command::Delete(args) => platform::delete(args).await,
             Command::Pause(args) => platform::pause(args, true).await,
             Command::Resume(args) => platform::pause(args, false).await,
+            Command::RotateCredentials(args) => platform::rotate_credentials(args).await,
             Command::PortForward(args) => platform::port_forward(args).await,
             Command::Crd => {
                 print!("{}", vkube::api::crd_yaml()?);
@@ -464,6 +474,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         kubeconfig_out: args.kubeconfig_out,
         kubeconfig_server: args.kubeconfig_server,
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
+        credentials_not_before: args.credentials_not_before,
         syncer: (!args.no_sync).then_some(serve::SyncerOptions {
             concurrency: args.sync_concurrency.max(1),
             sync_all_config_maps: args.sync_all_configmaps,
@@ -555,6 +566,7 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
     })?;
     let policy = vkube::manager::policy::Policy::from_yaml(&yaml, &path)?;
     let (client, _) = host::host_client(args.kubeconfig.as_deref()).await?;
+    let own_namespace = args.lease_namespace.clone();
     let lease = if args.no_leader_election {
         None
     } else {
@@ -575,7 +587,11 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
     tracing::info!(versions = ?policy.allowed_versions(), "vkube manager starting");
     vkube::manager::run(
         client,
-        vkube::manager::ManagerOptions { policy, lease },
+        vkube::manager::ManagerOptions {
+            policy,
+            lease,
+            own_namespace,
+        },
         shutdown_signal(),
     )
     .await?;

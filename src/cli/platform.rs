@@ -1,5 +1,5 @@
 //! The developer's commands against the vkube platform (the VirtualCluster API installed by the
-//! chart): create, connect, list, delete, pause, resume. They talk to the host cluster with the
+//! chart): create, connect, list, delete, pause, resume, rotate-credentials. They talk to the host cluster with the
 //! developer's own kubeconfig (--kubeconfig, --context, $KUBECONFIG) and write a `vkube-NAME`
 //! context into it, as kind and vcluster do.
 
@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig, NamedContext};
 
-use vkube::api::{OWNER_ANNOTATION, Phase, VirtualCluster, VirtualClusterSpec};
+use vkube::api::{
+    CREDENTIALS_NOT_BEFORE_ANNOTATION, OWNER_ANNOTATION, Phase, VirtualCluster, VirtualClusterSpec,
+};
 use vkube::host::{KUBECONFIG_KEY, kubeconfig_secret_name};
 use vkube::manager::objects;
 
@@ -93,6 +95,16 @@ pub struct NameArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
     /// How long to wait for the change to take effect (seconds).
+    #[arg(long = "wait", default_value_t = 300)]
+    wait_seconds: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RotateArgs {
+    pub name: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// How long to wait for the new kubeconfig (seconds).
     #[arg(long = "wait", default_value_t = 300)]
     wait_seconds: u64,
 }
@@ -536,6 +548,136 @@ pub async fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
         yaml = vkube::kubeconfig::with_server(&yaml, &server)?;
     }
     print!("{yaml}");
+    Ok(())
+}
+
+/// When the client certificate of a kubeconfig starts to be valid.
+fn client_cert_not_before(yaml: &str) -> Option<time::OffsetDateTime> {
+    use base64::Engine;
+    let kc = Kubeconfig::from_yaml(yaml).ok()?;
+    let data = kc
+        .auth_infos
+        .first()?
+        .auth_info
+        .as_ref()?
+        .client_certificate_data
+        .clone()?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()?;
+    let pem = String::from_utf8(pem).ok()?;
+    vkube::pki::parse_cert(&pem).ok().map(|f| f.not_before)
+}
+
+/// The host API server's time (the `Date` of its answer), in Unix seconds.
+async fn server_now(client: &kube::Client) -> Option<i64> {
+    let req = http::Request::get("/version")
+        .body(kube::client::Body::from(Vec::new()))
+        .ok()?;
+    let resp = client.send(req).await.ok()?;
+    let date = resp.headers().get(http::header::DATE)?.to_str().ok()?;
+    k8s_openapi::jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(date)
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// Revokes every client certificate of the cluster issued before now: the annotation
+/// vkube.dev/credentials-not-before, which the manager hands to the control plane; it restarts,
+/// refuses older certificates and publishes a new admin kubeconfig, which is written to this
+/// machine's `vkube-NAME` context (if there is one).
+pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
+    vkube::names::validate_tenant_name(&args.name)?;
+    let started = Instant::now();
+    let host = host(&args.cluster).await?;
+    let api: Api<VirtualCluster> = Api::all(host.client.clone());
+    // The host's clock, not this machine's: the epoch must not be in the future for the
+    // manager and the control plane (they refuse one that is).
+    let now = match server_now(&host.client).await {
+        Some(t) => t,
+        None => k8s_openapi::jiff::Timestamp::now().as_second(),
+    };
+    let epoch = k8s_openapi::jiff::Timestamp::from_second(now)?;
+    api.patch(
+        &args.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"annotations": {CREDENTIALS_NOT_BEFORE_ANNOTATION: epoch.to_string()}}
+        })),
+    )
+    .await
+    .map_err(|e| explain(e, &args.name, "rotate the credentials of"))?;
+    eprintln!(
+        "Revoking every certificate of virtual cluster {:?} issued before {epoch}; waiting for the new kubeconfig",
+        args.name
+    );
+    let deadline = started + Duration::from_secs(args.wait_seconds);
+    let vc = loop {
+        let vc = api
+            .get(&args.name)
+            .await
+            .map_err(|e| explain(e, &args.name, "read"))?;
+        let status = vc.status.clone().unwrap_or_default();
+        if status.phase == Some(Phase::Refused) {
+            bail!("{}", status.message.unwrap_or_default());
+        }
+        let fresh = match fetch_kubeconfig(&host.client, &vc).await {
+            Ok(yaml) => client_cert_not_before(&yaml).is_some_and(|t| t.unix_timestamp() >= now),
+            Err(_) => false,
+        };
+        if fresh && status.phase == Some(Phase::Ready) {
+            break vc;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the old certificates are revoked, but virtual cluster {:?} has not published a new kubeconfig within {} s (it is {}): `vkube connect {}` fetches it once it has",
+                args.name,
+                args.wait_seconds,
+                status
+                    .phase
+                    .map(Phase::as_str)
+                    .unwrap_or("not yet seen by the manager"),
+                args.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Keep the server of an existing context (it may be a port-forward of `vkube connect`).
+    let context = vkube::kubeconfig::context_name(&args.name);
+    let existing = host
+        .file
+        .exists()
+        .then(|| Kubeconfig::read_from(&host.file).ok())
+        .flatten()
+        .and_then(|kc| {
+            kc.clusters
+                .into_iter()
+                .find(|c| c.name == context)
+                .and_then(|c| c.cluster?.server)
+        });
+    if let Some(server) = existing {
+        write_context(
+            &host,
+            &args.name,
+            &vc,
+            Some(&server),
+            args.cluster.namespace.as_deref(),
+            false,
+        )
+        .await?;
+        eprintln!(
+            "Credentials rotated ({:.1} s): context {context:?} in {} has the new certificate; everyone else needs `vkube connect {}`.",
+            started.elapsed().as_secs_f64(),
+            host.file.display(),
+            args.name
+        );
+    } else {
+        eprintln!(
+            "Credentials rotated ({:.1} s): get the new kubeconfig with `vkube connect {}`.",
+            started.elapsed().as_secs_f64(),
+            args.name
+        );
+    }
     Ok(())
 }
 

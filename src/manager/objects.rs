@@ -3,17 +3,40 @@
 //!
 //! Everything namespaced lives in the tenant's host namespace `vkube-NAME`, so deleting that
 //! namespace removes it all; the namespace carries an owner reference to the VirtualCluster. The
-//! two cluster-scoped grants (the owner's ClusterRole and its binding) are deleted by the
-//! manager's finalizer once the namespace is gone.
+//! cluster-scoped grants (the owner's ClusterRole and its binding, the syncer's cluster-read
+//! binding) are deleted by the manager's finalizer once the namespace is gone.
+//!
+//! Every object carries [`UID_LABEL`] with the VirtualCluster's UID: the manager creates the
+//! namespace with a plain create, and touches (updates, deletes) only objects that carry it, so
+//! a namespace or object it did not make for this very cluster is never adopted. Rights inside
+//! the namespace come from shared ClusterRoles of the chart, bound there by name (`bind`): the
+//! syncer's ([`SYNCER_CLUSTER_ROLE`], the Role of manifests/serve-rbac.yaml) and the manager's
+//! own ([`MANAGER_TENANT_CLUSTER_ROLE`]), which is bound first, since RBAC lets the manager
+//! grant the owner only what it holds in that namespace.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::rbac::v1::Subject;
 use serde_json::{Value, json};
 
 use crate::api::{ExposureType, OWNER_ANNOTATION, VirtualCluster};
-use crate::host::{self, LABEL_VIRTUAL_CLUSTER};
+use crate::host::{self, LABEL_MANAGED_BY, LABEL_VIRTUAL_CLUSTER};
 
-use super::policy::{Policy, Resolved};
+use super::policy::{Policy, QuantityKind, Resolved, parse_quantity};
 
 pub const MANAGED_BY: &str = "vkube-manager";
+/// The VirtualCluster's UID, on the namespace and on every object made for it: what the manager
+/// may touch, and what the chart's admission policy lets it touch.
+pub const UID_LABEL: &str = "vkube.dev/virtual-cluster-uid";
+/// The chart's ClusterRole for tenant syncers: the Role of manifests/serve-rbac.yaml, bound in
+/// each tenant namespace to its ServiceAccount.
+pub const SYNCER_CLUSTER_ROLE: &str = "vkube-serve";
+/// The chart's ClusterRole with the manager's rights inside a tenant namespace.
+pub const MANAGER_TENANT_CLUSTER_ROLE: &str = "vkube-manager-tenant";
+/// The RoleBinding giving the manager [`MANAGER_TENANT_CLUSTER_ROLE`] in a tenant namespace.
+pub const MANAGER_BINDING: &str = "vkube-manager";
+/// The opt-in cluster-read ClusterRole (manifests/serve-cluster-rbac.yaml, shipped by the chart).
+pub const SYNCER_CLUSTER_READ_ROLE: &str = "vkube-serve-cluster-read";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const CONTROL_PLANE: &str = "control-plane";
 /// The control plane's StatefulSet, ServiceAccount, Role and RoleBinding.
@@ -26,7 +49,7 @@ pub const LISTEN_PORT: i32 = 8443;
 pub const DNS_PORT: i32 = 1053;
 pub const DATA_DIR: &str = "/var/lib/vkube/data";
 
-/// The namespaced kinds the manager creates, in the order they are applied.
+/// The namespaced kinds the manager creates (applied in the order [`namespaced`] lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     ServiceAccount,
@@ -73,15 +96,48 @@ pub fn owner(vc: &VirtualCluster) -> Option<&str> {
         .filter(|o| !o.is_empty())
 }
 
+pub fn uid(vc: &VirtualCluster) -> &str {
+    vc.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// Whether a host object was made for this VirtualCluster (carries its UID).
+pub fn is_ours(labels: &BTreeMap<String, String>, vc_uid: &str) -> bool {
+    !vc_uid.is_empty() && labels.get(UID_LABEL).map(String::as_str) == Some(vc_uid)
+}
+
+/// The UID of the VirtualCluster a host object was made for by a vkube manager, if any.
+pub fn made_for(labels: &BTreeMap<String, String>) -> Option<&str> {
+    (labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY))
+        .then(|| labels.get(UID_LABEL).map(String::as_str))
+        .flatten()
+        .filter(|u| !u.is_empty())
+}
+
+/// Made for cluster `vc_name` by a manager that did not label UIDs yet (before vkube 0.2): the
+/// manager's own objects in a namespace that is this cluster's (its UID labelled by the admin
+/// when upgrading), and the grants named after the cluster.
+pub fn is_legacy(labels: &BTreeMap<String, String>, vc_name: &str) -> bool {
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_VIRTUAL_CLUSTER).map(String::as_str) == Some(vc_name)
+        && !labels.contains_key(UID_LABEL)
+}
+
 fn labels(vc_name: &str) -> Value {
     json!({
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_VIRTUAL_CLUSTER: vc_name,
     })
 }
 
 fn meta(vc_name: &str, name: &str) -> Value {
     json!({"name": name, "namespace": host_namespace(vc_name), "labels": labels(vc_name)})
+}
+
+/// Labels of objects made for `vc`: the tenant's labels and its UID.
+fn owned_labels(vc: &VirtualCluster) -> Value {
+    let mut l = labels(vc.metadata.name.as_deref().unwrap_or_default());
+    l[UID_LABEL] = json!(uid(vc));
+    l
 }
 
 fn owner_reference(vc: &VirtualCluster) -> Value {
@@ -95,7 +151,7 @@ fn owner_reference(vc: &VirtualCluster) -> Value {
 
 pub fn namespace(vc: &VirtualCluster, policy: &Policy, resolved: &Resolved) -> Value {
     let name = vc.metadata.name.clone().unwrap_or_default();
-    let mut labels = labels(&name);
+    let mut labels = owned_labels(vc);
     let level = resolved.pod_security.max(policy.pod_security).as_str();
     labels["pod-security.kubernetes.io/enforce"] = level.into();
     labels["pod-security.kubernetes.io/warn"] = level.into();
@@ -119,21 +175,43 @@ pub fn syncer_rules() -> Result<Value, String> {
     Err("manifests/serve-rbac.yaml has no Role".into())
 }
 
-/// The opt-in cluster-read grant for tenant `vc_name`'s syncer: the ClusterRoleBinding of
+/// The opt-in cluster-read grant for tenant `vc`'s syncer: the ClusterRoleBinding of
 /// manifests/serve-cluster-rbac.yaml (one source of truth) for its namespace. The ClusterRole
-/// itself is the chart's, shared by all tenants.
-pub fn syncer_cluster_read_binding(vc_name: &str) -> Result<Value, String> {
+/// itself is the chart's, shared by all tenants; the manager binds it by name (`bind`).
+pub fn syncer_cluster_read_binding(vc: &VirtualCluster) -> Result<Value, String> {
     const RBAC: &str = include_str!("../../manifests/serve-cluster-rbac.yaml");
-    let rbac = RBAC.replace("NAMESPACE", &host_namespace(vc_name));
+    let vc_name = vc.metadata.name.clone().unwrap_or_default();
+    let rbac = RBAC.replace("NAMESPACE", &host_namespace(&vc_name));
     for doc in serde_yaml::Deserializer::from_str(&rbac) {
         let mut v: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
         if v["kind"] == "ClusterRoleBinding" {
-            // Labelled as the tenant's (not owner-referenced: see `owner_grants`).
-            v["metadata"]["labels"] = labels(vc_name);
+            v["metadata"]["labels"] = owned_labels(vc);
+            v["metadata"]["ownerReferences"] = owner_reference(vc);
             return Ok(v);
         }
     }
     Err("manifests/serve-cluster-rbac.yaml has no ClusterRoleBinding".into())
+}
+
+/// The manager itself as an RBAC subject (from its own identity: a ServiceAccount in the chart).
+pub fn subject_for_user(username: &str) -> Subject {
+    match username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((namespace, name)) => Subject {
+            kind: "ServiceAccount".into(),
+            name: name.into(),
+            namespace: Some(namespace.into()),
+            api_group: None,
+        },
+        None => Subject {
+            kind: "User".into(),
+            name: username.into(),
+            namespace: None,
+            api_group: Some("rbac.authorization.k8s.io".into()),
+        },
+    }
 }
 
 /// Name of [`syncer_cluster_read_binding`].
@@ -143,16 +221,27 @@ pub fn syncer_cluster_read_binding_name(vc_name: &str) -> String {
 
 /// Everything namespaced, given the Service's ClusterIP once it is known (it goes into the
 /// serving certificate and the kubeconfig so clients reach the API by IP, no DNS needed).
+/// `manager` is the manager's own identity: its rights in the namespace are bound first.
 pub fn namespaced(
     vc: &VirtualCluster,
     policy: &Policy,
     resolved: &Resolved,
     cluster_ip: Option<&str>,
+    manager: &Subject,
 ) -> Vec<Namespaced> {
     let name = vc.metadata.name.clone().unwrap_or_default();
     let ns = host_namespace(&name);
     let svc = service_name(&name);
     let mut out = vec![
+        Namespaced {
+            kind: Kind::RoleBinding,
+            name: MANAGER_BINDING.into(),
+            body: json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                         "metadata": meta(&name, MANAGER_BINDING),
+                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                     "name": MANAGER_TENANT_CLUSTER_ROLE},
+                         "subjects": [manager]}),
+        },
         Namespaced {
             kind: Kind::ServiceAccount,
             name: SYNCER_NAME.into(),
@@ -160,18 +249,12 @@ pub fn namespaced(
                          "metadata": meta(&name, SYNCER_NAME)}),
         },
         Namespaced {
-            kind: Kind::Role,
-            name: SYNCER_NAME.into(),
-            body: json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                         "metadata": meta(&name, SYNCER_NAME),
-                         "rules": syncer_rules().unwrap_or_else(|_| json!([]))}),
-        },
-        Namespaced {
             kind: Kind::RoleBinding,
             name: SYNCER_NAME.into(),
             body: json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                          "metadata": meta(&name, SYNCER_NAME),
-                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SYNCER_NAME},
+                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                     "name": SYNCER_CLUSTER_ROLE},
                          "subjects": [{"kind": "ServiceAccount", "name": SYNCER_NAME, "namespace": ns}]}),
         },
     ];
@@ -203,11 +286,6 @@ pub fn namespaced(
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": owner}]}),
         });
     }
-    out.push(Namespaced {
-        kind: Kind::ResourceQuota,
-        name: TENANT_POLICY_NAME.into(),
-        body: resource_quota(&name, policy, resolved),
-    });
     out.push(Namespaced {
         kind: Kind::LimitRange,
         name: TENANT_POLICY_NAME.into(),
@@ -250,14 +328,96 @@ pub fn namespaced(
             body: stateful_set(vc, policy, resolved, ip),
         });
     }
+    // The quota goes before anything that runs pods, counting the objects above as the control
+    // plane's own.
+    let quota = Namespaced {
+        kind: Kind::ResourceQuota,
+        name: TENANT_POLICY_NAME.into(),
+        body: resource_quota(vc, policy, resolved, &own_objects(vc, &out)),
+    };
+    let at = out
+        .iter()
+        .position(|o| o.kind == Kind::LimitRange)
+        .unwrap_or(out.len());
+    out.insert(at, quota);
+    // Whatever builds an object above, it carries the cluster's UID.
+    for o in &mut out {
+        o.body["metadata"]["labels"][UID_LABEL] = json!(uid(vc));
+    }
     out
 }
 
-/// The tenant gets what it asked for; the control plane's own pod is added on top so the
-/// quota never starves it.
-fn resource_quota(name: &str, policy: &Policy, resolved: &Resolved) -> Value {
+/// Objects of each ResourceQuota-counted kind the control plane itself keeps in the namespace,
+/// so the quota the admin sets is what the tenant's workloads get. Keys are ResourceQuota
+/// resource names; both spellings (`services`, `count/services`) count the same objects.
+fn own_objects(vc: &VirtualCluster, made: &[Namespaced]) -> BTreeMap<&'static str, u64> {
+    let count = |kind: Kind| made.iter().filter(|o| o.kind == kind).count() as u64;
+    let services = count(Kind::Service);
+    let exposure = vc.spec.expose.type_;
+    let node_ports = u64::from(matches!(
+        exposure,
+        ExposureType::NodePort | ExposureType::LoadBalancer
+    ));
+    let load_balancers = u64::from(exposure == ExposureType::LoadBalancer);
+    BTreeMap::from([
+        // The API Service.
+        ("services", services),
+        ("count/services", services),
+        ("services.nodeports", node_ports),
+        ("services.loadbalancers", load_balancers),
+        // The PKI and kubeconfig Secrets of `vkube serve`.
+        ("secrets", 2),
+        ("count/secrets", 2),
+        // kube-root-ca.crt, which the host puts in every namespace.
+        ("configmaps", 1),
+        ("count/configmaps", 1),
+        // The datastore volume.
+        ("persistentvolumeclaims", 1),
+        ("count/persistentvolumeclaims", 1),
+        ("count/ingresses.networking.k8s.io", count(Kind::Ingress)),
+        (
+            "count/networkpolicies.networking.k8s.io",
+            count(Kind::NetworkPolicy),
+        ),
+        // The API Service's slices (one per IP family).
+        ("count/endpointslices.discovery.k8s.io", 2),
+        ("count/statefulsets.apps", 1),
+        // `vkube` and `default`.
+        ("serviceaccounts", 2),
+        ("count/serviceaccounts", 2),
+    ])
+}
+
+/// The tenant gets what it asked for, and the admin's object counts; the control plane's own
+/// pod and objects are added on top so the quota never starves it. `limits.memory` makes every
+/// pod carry a memory limit (the LimitRange gives one to containers that set none).
+fn resource_quota(
+    vc: &VirtualCluster,
+    policy: &Policy,
+    resolved: &Resolved,
+    own: &BTreeMap<&'static str, u64>,
+) -> Value {
+    let name = vc.metadata.name.clone().unwrap_or_default();
     let mut hard = serde_json::Map::new();
     let cp = &policy.control_plane;
+    for (key, value) in &policy.object_quota {
+        let extra = own.get(key.as_str()).copied().unwrap_or(0);
+        let admins = parse_quantity(value, QuantityKind::Count).unwrap_or(0);
+        hard.insert(key.clone(), json!((admins + u128::from(extra)).to_string()));
+    }
+    if let Some(mem) = &resolved.resources.memory
+        && let (Ok(asked), Ok(cp_limit)) = (
+            parse_quantity(mem, QuantityKind::Bytes),
+            parse_quantity(&cp.memory_limit, QuantityKind::Bytes),
+        )
+    {
+        // Whole bytes; the ratio is at least 1 (checked when the policy is read).
+        let tenant = (asked as f64 * policy.memory_limit_ratio) as u128;
+        hard.insert(
+            "limits.memory".into(),
+            json!((tenant + cp_limit).to_string()),
+        );
+    }
     if let Some(cpu) = &resolved.resources.cpu {
         hard.insert("requests.cpu".into(), json!(sum(cpu, &cp.cpu_request)));
     }
@@ -273,7 +433,7 @@ fn resource_quota(name: &str, policy: &Policy, resolved: &Resolved) -> Value {
     if let Some(storage) = &resolved.resources.storage {
         hard.insert("requests.storage".into(), json!(sum(storage, &cp.storage)));
     }
-    json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(name, TENANT_POLICY_NAME),
+    json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(&name, TENANT_POLICY_NAME),
            "spec": {"hard": hard}})
 }
 
@@ -300,19 +460,25 @@ fn sum(a: &str, b: &str) -> String {
     }
 }
 
-/// Default *requests* only, which is what the quota needs to admit a pod that sets none. No
-/// default limits: they would also cap the control plane's CPU (it sets no CPU limit on purpose,
-/// the API server starves under a small one).
+/// Default requests, which the quota needs to admit a pod that sets none, and a default
+/// *memory* limit (the quota's `limits.memory` needs one on every container). No default CPU
+/// limit: it would also cap the control plane, which sets no CPU limit on purpose (the API
+/// server starves under a small one); its memory limit is its own, so a default memory limit
+/// never applies to it.
 fn limit_range(name: &str, policy: &Policy) -> Value {
-    let mut defaults = serde_json::Map::new();
+    let mut requests = serde_json::Map::new();
     if let Some(cpu) = &policy.container_defaults.cpu {
-        defaults.insert("cpu".into(), json!(cpu));
+        requests.insert("cpu".into(), json!(cpu));
     }
     if let Some(mem) = &policy.container_defaults.memory {
-        defaults.insert("memory".into(), json!(mem));
+        requests.insert("memory".into(), json!(mem));
+    }
+    let mut item = json!({"type": "Container", "defaultRequest": requests});
+    if let Some(limit) = &policy.container_defaults.memory_limit {
+        item["default"] = json!({"memory": limit});
     }
     json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": meta(name, TENANT_POLICY_NAME),
-           "spec": {"limits": [{"type": "Container", "defaultRequest": defaults}]}})
+           "spec": {"limits": [item]}})
 }
 
 fn selector(name: &str) -> Value {
@@ -380,6 +546,11 @@ pub fn stateful_set(
     }
     for c in &policy.network.egress_deny_cidrs {
         args.extend(["--egress-deny-cidr".into(), c.clone()]);
+    }
+    if let Some(epoch) = &resolved.credentials_not_before {
+        // Changes the pod template: the control plane restarts, re-issues the admin
+        // certificate and refuses the old ones (see `vkube rotate-credentials`).
+        args.extend(["--credentials-not-before".into(), epoch.clone()]);
     }
     if vc.spec.sync.all_config_maps {
         args.push("--sync-all-configmaps".into());
@@ -462,9 +633,12 @@ pub fn owner_grants(vc: &VirtualCluster) -> Option<(Value, Value)> {
     let owner = owner(vc)?;
     let name = vc.metadata.name.clone().unwrap_or_default();
     let role = owner_cluster_role(&name);
-    // No owner reference: the garbage collector would delete the grant as soon as the cluster is
-    // being deleted, while its namespace is still going away; the finalizer removes it last.
-    let meta = json!({"name": role, "labels": labels(&name)});
+    // The finalizer removes the grant last, once the namespace is gone. The owner reference is
+    // for a cluster that disappears without it (its finalizer removed by hand): the garbage
+    // collector then removes the grant at once, before anyone can create a cluster of the same
+    // name that the old owner's grant would reach.
+    let meta = json!({"name": role, "labels": owned_labels(vc),
+                      "ownerReferences": owner_reference(vc)});
     Some((
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta,
             "rules": [{"apiGroups": ["vkube.dev"], "resources": ["virtualclusters"],
@@ -477,114 +651,83 @@ pub fn owner_grants(vc: &VirtualCluster) -> Option<(Value, Value)> {
 
 #[cfg(test)]
 mod tests {
-    /// RBAC lets the manager grant only rights it holds: its ClusterRole in the chart must cover
-    /// every rule of the syncer's Role, or every new cluster fails with "attempting to grant".
-    #[test]
-    fn the_managers_cluster_role_covers_the_syncers_role() {
-        let chart = include_str!("../../charts/vkube/templates/manager.yaml");
-        // The ClusterRole document, without its template lines (labels).
-        let doc = chart
+    use super::*;
+    use crate::manager::policy::{Facts, check, tests::policy, tests::vc};
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
+
+    /// Documents of a chart template, with the template lines dropped (labels, conditionals:
+    /// what is inside a conditional stays, i.e. the fullest rendering).
+    fn chart_docs(template: &str) -> Vec<Value> {
+        template
             .split("\n---")
-            .find(|d| d.contains("\nkind: ClusterRole\n"))
-            .unwrap();
-        let plain: String = doc
-            .lines()
-            .filter(|l| !l.contains("{{"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let role: Value = serde_yaml::from_str(&plain).unwrap();
-        let held: Vec<(String, String, String)> = role["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                let strs = |k: &str| -> Vec<String> {
-                    r[k].as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_str().unwrap().to_string())
-                        .collect()
-                };
-                let (groups, resources, verbs) =
-                    (strs("apiGroups"), strs("resources"), strs("verbs"));
-                let mut out = vec![];
-                for g in &groups {
-                    for res in &resources {
-                        for v in &verbs {
-                            out.push((g.clone(), res.clone(), v.clone()));
-                        }
-                    }
-                }
-                out
+            .map(|doc| {
+                doc.lines()
+                    .filter(|l| !l.contains("{{"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
             })
-            .collect();
-        let cluster_read: Vec<Value> = serde_yaml::Deserializer::from_str(include_str!(
-            "../../manifests/serve-cluster-rbac.yaml"
-        ))
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
-        .filter(|v| v["kind"] == "ClusterRole")
-        .flat_map(|v| v["rules"].as_array().unwrap().clone())
-        .collect();
-        assert!(!cluster_read.is_empty());
-        let syncer = syncer_rules().unwrap().as_array().unwrap().clone();
-        for rule in syncer.iter().chain(&cluster_read) {
-            for g in rule["apiGroups"].as_array().unwrap() {
-                for res in rule["resources"].as_array().unwrap() {
-                    for v in rule["verbs"].as_array().unwrap() {
-                        let want = (
-                            g.as_str().unwrap().to_string(),
-                            res.as_str().unwrap().to_string(),
-                            v.as_str().unwrap().to_string(),
-                        );
-                        assert!(held.contains(&want), "the manager cannot grant {want:?}");
+            .filter_map(|plain| serde_yaml::from_str::<Value>(&plain).ok())
+            .filter(|v| v.is_object())
+            .collect()
+    }
+
+    fn chart_cluster_role(name: &str) -> Vec<PolicyRule> {
+        let docs = [
+            include_str!("../../charts/vkube/templates/manager.yaml"),
+            include_str!("../../charts/vkube/templates/tenant-roles.yaml"),
+            include_str!("../../charts/vkube/templates/serve-cluster-read.yaml"),
+        ]
+        .into_iter()
+        .flat_map(chart_docs)
+        .collect::<Vec<_>>();
+        let role = docs
+            .into_iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart has no ClusterRole {name}"));
+        serde_json::from_value(role["rules"].clone()).unwrap()
+    }
+
+    /// (apiGroup, resource, verb, resourceName or "") for every combination a rule allows.
+    fn grants(rules: &[PolicyRule]) -> Vec<(String, String, String, String)> {
+        let mut out = vec![];
+        for r in rules {
+            let names = r
+                .resource_names
+                .clone()
+                .unwrap_or_else(|| vec![String::new()]);
+            for g in r.api_groups.clone().unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    for v in &r.verbs {
+                        for n in &names {
+                            out.push((g.clone(), res.clone(), v.clone(), n.clone()));
+                        }
                     }
                 }
             }
         }
+        out
     }
 
-    /// The chart ships the ClusterRole the manager binds: it must be the one in manifests.
-    #[test]
-    fn the_charts_cluster_read_role_is_the_one_in_manifests() {
-        let chart = include_str!("../../charts/vkube/templates/serve-cluster-read.yaml");
-        let plain: String = chart
-            .lines()
-            .filter(|l| !l.contains("{{"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let chart_role: Value = serde_yaml::from_str(&plain).unwrap();
-        let manifest_role: Value = serde_yaml::Deserializer::from_str(include_str!(
-            "../../manifests/serve-cluster-rbac.yaml"
-        ))
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
-        .find(|v| v["kind"] == "ClusterRole")
-        .unwrap();
-        assert_eq!(
-            chart_role["metadata"]["name"],
-            manifest_role["metadata"]["name"]
-        );
-        assert_eq!(chart_role["rules"], manifest_role["rules"]);
-        let b = syncer_cluster_read_binding("alice").unwrap();
-        assert_eq!(
-            b["metadata"]["name"],
-            syncer_cluster_read_binding_name("alice")
-        );
-        assert_eq!(b["roleRef"]["name"], manifest_role["metadata"]["name"]);
-        assert_eq!(b["subjects"][0]["namespace"], "vkube-alice");
-        assert_eq!(b["subjects"][0]["name"], SYNCER_NAME);
+    fn holds(held: &[PolicyRule], group: &str, resource: &str, verb: &str, name: &str) -> bool {
+        grants(held).iter().any(|(g, r, v, n)| {
+            g == group && r == resource && v == verb && (n.is_empty() || n == name)
+        })
     }
 
-    use super::*;
-    use crate::manager::policy::{check, tests::policy, tests::vc};
-    use k8s_openapi::api::apps::v1::StatefulSet;
-    use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Service};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    fn manager_subject() -> Subject {
+        subject_for_user("system:serviceaccount:vkube-system:vkube-manager")
+    }
+
+    fn build_vc(vc: &VirtualCluster, p: &Policy) -> Vec<Namespaced> {
+        let r = check(vc, p, &Facts::new(0)).unwrap();
+        namespaced(vc, p, &r, Some("10.96.0.42"), &manager_subject())
+    }
 
     fn build(spec: crate::api::VirtualClusterSpec) -> (VirtualCluster, Vec<Namespaced>) {
         let vc = vc("alice", spec);
-        let p = policy();
-        let r = check(&vc, &p, 0).unwrap();
-        let objs = namespaced(&vc, &p, &r, Some("10.96.0.42"));
+        let objs = build_vc(&vc, &policy());
         (vc, objs)
     }
 
@@ -596,18 +739,257 @@ mod tests {
         serde_json::from_value(o.body.clone()).unwrap()
     }
 
+    /// One source of truth: the chart's shared syncer ClusterRole is the Role plain
+    /// `vkube serve` runs with.
     #[test]
-    fn the_syncer_role_is_the_one_in_manifests() {
-        let rules = syncer_rules().unwrap();
-        let (_, objs) = build(Default::default());
-        let role: Role = find(&objs, Kind::Role, SYNCER_NAME);
-        let want: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
-            serde_json::from_value(rules).unwrap();
-        assert_eq!(role.rules.unwrap(), want);
+    fn the_charts_syncer_cluster_role_is_the_role_in_manifests() {
+        let want: Vec<PolicyRule> = serde_json::from_value(syncer_rules().unwrap()).unwrap();
+        assert_eq!(chart_cluster_role(SYNCER_CLUSTER_ROLE), want);
         assert!(
             want.iter()
                 .any(|r| r.resources.as_ref().unwrap().contains(&"pods".into()))
         );
+    }
+
+    /// The chart ships the ClusterRole the manager binds: it must be the one in manifests.
+    #[test]
+    fn the_charts_cluster_read_role_is_the_one_in_manifests() {
+        let manifest_role: Value = serde_yaml::Deserializer::from_str(include_str!(
+            "../../manifests/serve-cluster-rbac.yaml"
+        ))
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|v| v["kind"] == "ClusterRole")
+        .unwrap();
+        assert_eq!(manifest_role["metadata"]["name"], SYNCER_CLUSTER_READ_ROLE);
+        let want: Vec<PolicyRule> = serde_json::from_value(manifest_role["rules"].clone()).unwrap();
+        assert_eq!(chart_cluster_role(SYNCER_CLUSTER_READ_ROLE), want);
+        let vc = vc("alice", Default::default());
+        let b = syncer_cluster_read_binding(&vc).unwrap();
+        assert_eq!(
+            b["metadata"]["name"],
+            syncer_cluster_read_binding_name("alice")
+        );
+        assert_eq!(b["roleRef"]["name"], SYNCER_CLUSTER_READ_ROLE);
+        assert_eq!(b["subjects"][0]["namespace"], "vkube-alice");
+        assert_eq!(b["subjects"][0]["name"], SYNCER_NAME);
+        assert_eq!(b["metadata"]["labels"][UID_LABEL], "uid-1");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    }
+
+    /// A compromised manager is not cluster-admin: cluster-wide it holds the VirtualCluster API,
+    /// namespaces and RBAC objects (narrowed by the admission policy vkube-manager-guard), and
+    /// `bind` on exactly the roles it hands out; no Secret, pod, exec or wildcard anywhere.
+    #[test]
+    fn the_manager_holds_nothing_inside_namespaces_cluster_wide() {
+        let held = chart_cluster_role("vkube-manager");
+        let allowed = [
+            "virtualclusters",
+            "virtualclusters/status",
+            "virtualclusters/finalizers",
+            "namespaces",
+            "clusterroles",
+            "clusterrolebindings",
+            "rolebindings",
+        ];
+        for (group, resource, verb, name) in grants(&held) {
+            assert!(
+                allowed.contains(&resource.as_str()),
+                "cluster-wide {verb} {resource}"
+            );
+            assert!(
+                !["*", "escalate", "impersonate"].contains(&verb.as_str()) && group != "*",
+                "{verb} on {group}/{resource}"
+            );
+            if verb == "bind" {
+                assert!(
+                    [
+                        SYNCER_CLUSTER_ROLE,
+                        MANAGER_TENANT_CLUSTER_ROLE,
+                        SYNCER_CLUSTER_READ_ROLE
+                    ]
+                    .contains(&name.as_str()),
+                    "bind {name:?}"
+                );
+            }
+        }
+        assert!(holds(
+            &held,
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "bind",
+            SYNCER_CLUSTER_ROLE
+        ));
+        // The tenant role is what the manager holds in a tenant namespace: no exec there either.
+        let tenant = chart_cluster_role(MANAGER_TENANT_CLUSTER_ROLE);
+        for (_, resource, verb, _) in grants(&tenant) {
+            assert!(
+                !["pods/exec", "pods/attach", "configmaps"].contains(&resource.as_str())
+                    && verb != "*",
+                "tenant role: {verb} {resource}"
+            );
+        }
+    }
+
+    fn resource_of(kind: Kind) -> (&'static str, &'static str) {
+        match kind {
+            Kind::ServiceAccount => ("", "serviceaccounts"),
+            Kind::Role => ("rbac.authorization.k8s.io", "roles"),
+            Kind::RoleBinding => ("rbac.authorization.k8s.io", "rolebindings"),
+            Kind::ResourceQuota => ("", "resourcequotas"),
+            Kind::LimitRange => ("", "limitranges"),
+            Kind::NetworkPolicy => ("networking.k8s.io", "networkpolicies"),
+            Kind::Service => ("", "services"),
+            Kind::Ingress => ("networking.k8s.io", "ingresses"),
+            Kind::StatefulSet => ("apps", "statefulsets"),
+        }
+    }
+
+    /// Everything the manager makes in a tenant namespace it may write with the rights it has
+    /// there (its cluster-wide role plus vkube-manager-tenant), every role it binds it holds
+    /// `bind` on, and every rule of the owner's Role it holds itself (RBAC's escalation check),
+    /// or every new cluster fails with "attempting to grant".
+    #[test]
+    fn the_manager_can_make_and_grant_everything_in_a_tenant_namespace() {
+        let mut held = chart_cluster_role("vkube-manager");
+        held.extend(chart_cluster_role(MANAGER_TENANT_CLUSTER_ROLE));
+        let mut p = policy();
+        p.allowed_exposures = vec![ExposureType::Ingress];
+        let spec = crate::api::VirtualClusterSpec {
+            expose: crate::api::Exposure {
+                type_: ExposureType::Ingress,
+                host: Some("alice.example.test".into()),
+            },
+            ..Default::default()
+        };
+        let objs = build_vc(&vc("alice", spec), &p);
+        assert!(objs.iter().any(|o| o.kind == Kind::Ingress));
+        for o in &objs {
+            let (group, resource) = resource_of(o.kind);
+            for verb in ["get", "create", "patch", "delete"] {
+                assert!(
+                    holds(&held, group, resource, verb, &o.name),
+                    "{verb} {resource}"
+                );
+            }
+            if let Some(role_ref) = o.body.get("roleRef")
+                && role_ref["kind"] == "ClusterRole"
+            {
+                let name = role_ref["name"].as_str().unwrap();
+                assert!(
+                    holds(
+                        &held,
+                        "rbac.authorization.k8s.io",
+                        "clusterroles",
+                        "bind",
+                        name
+                    ),
+                    "bind {name}"
+                );
+            }
+        }
+        let owner: Role = find(&objs, Kind::Role, OWNER_ROLE);
+        for (group, resource, verb, name) in grants(&owner.rules.unwrap()) {
+            assert!(
+                holds(&held, &group, &resource, &verb, &name),
+                "owner's {verb} {resource}"
+            );
+        }
+        // Pause: list and delete the tenant's pods; the readiness probe reads the kubeconfig.
+        assert!(holds(&held, "", "pods", "deletecollection", ""));
+        assert!(holds(&held, "", "secrets", "get", "vkube-alice-kubeconfig"));
+    }
+
+    /// RBAC checks what the manager may grant with what it holds in the namespace: its own
+    /// binding is applied before every other object, the owner's Role after it.
+    #[test]
+    fn the_managers_binding_comes_first() {
+        let (_, objs) = build(Default::default());
+        assert_eq!(objs[0].kind, Kind::RoleBinding);
+        assert_eq!(objs[0].name, MANAGER_BINDING);
+        let b: RoleBinding = serde_json::from_value(objs[0].body.clone()).unwrap();
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        assert_eq!(b.role_ref.name, MANAGER_TENANT_CLUSTER_ROLE);
+        assert_eq!(b.subjects.unwrap(), vec![manager_subject()]);
+        let syncer: RoleBinding = find(&objs, Kind::RoleBinding, SYNCER_NAME);
+        assert_eq!(syncer.role_ref.kind, "ClusterRole");
+        assert_eq!(syncer.role_ref.name, SYNCER_CLUSTER_ROLE);
+        let subject = &syncer.subjects.unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", SYNCER_NAME, Some("vkube-alice"))
+        );
+        // No per-tenant copy of the syncer's rules any more: the shared ClusterRole is bound.
+        assert!(
+            !objs
+                .iter()
+                .any(|o| o.kind == Kind::Role && o.name == SYNCER_NAME)
+        );
+    }
+
+    #[test]
+    fn the_manager_is_bound_as_the_identity_the_host_reports() {
+        let sa = manager_subject();
+        assert_eq!(sa.kind, "ServiceAccount");
+        assert_eq!(sa.name, "vkube-manager");
+        assert_eq!(sa.namespace.as_deref(), Some("vkube-system"));
+        let user = subject_for_user("admin@example.test");
+        assert_eq!(
+            (user.kind.as_str(), user.name.as_str()),
+            ("User", "admin@example.test")
+        );
+        assert_eq!(
+            subject_for_user("system:serviceaccount:broken").kind,
+            "User"
+        );
+    }
+
+    /// What the manager may touch is what carries the cluster's UID: every object it makes.
+    #[test]
+    fn every_object_carries_the_clusters_uid() {
+        let (vc, objs) = build(Default::default());
+        for o in &objs {
+            assert_eq!(
+                o.body["metadata"]["labels"][UID_LABEL], "uid-1",
+                "{:?} {}",
+                o.kind, o.name
+            );
+        }
+        let p = policy();
+        let r = check(&vc, &p, &Facts::new(0)).unwrap();
+        let ns = namespace(&vc, &p, &r);
+        assert_eq!(ns["metadata"]["labels"][UID_LABEL], "uid-1");
+        let (role, binding) = owner_grants(&vc).unwrap();
+        for grant in [role, binding] {
+            assert_eq!(grant["metadata"]["labels"][UID_LABEL], "uid-1");
+            assert_eq!(grant["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        }
+        let labels = |uid: Option<&str>, by: &str| {
+            let mut l = BTreeMap::from([(LABEL_MANAGED_BY.to_string(), by.to_string())]);
+            if let Some(u) = uid {
+                l.insert(UID_LABEL.into(), u.into());
+            }
+            l
+        };
+        assert!(is_ours(&labels(Some("uid-1"), MANAGED_BY), "uid-1"));
+        assert!(!is_ours(&labels(Some("uid-2"), MANAGED_BY), "uid-1"));
+        assert!(!is_ours(&labels(None, MANAGED_BY), "uid-1"));
+        assert!(!is_ours(&labels(Some(""), MANAGED_BY), ""));
+        assert_eq!(made_for(&labels(Some("uid-2"), MANAGED_BY)), Some("uid-2"));
+        // `vkube serve`'s own labels do not make a namespace the manager's.
+        assert_eq!(made_for(&labels(Some("uid-2"), "vkube")), None);
+        assert_eq!(made_for(&labels(None, MANAGED_BY)), None);
+        // An older manager's objects of this cluster (no UID yet), not anyone else's.
+        let mut old = labels(None, MANAGED_BY);
+        old.insert(LABEL_VIRTUAL_CLUSTER.into(), "alice".into());
+        assert!(is_legacy(&old, "alice"));
+        assert!(!is_legacy(&old, "bob"));
+        old.insert(LABEL_MANAGED_BY.into(), "vkube".into());
+        assert!(!is_legacy(&old, "alice"));
+        assert!(!is_legacy(&labels(Some("uid-2"), MANAGED_BY), "alice"));
     }
 
     #[test]
@@ -625,6 +1007,7 @@ mod tests {
         assert!(joined.contains("--extra-san 10.96.0.42"), "{joined}");
         assert!(joined.contains("--kubeconfig-server https://10.96.0.42:443"));
         assert!(joined.contains("--service-name vkube-alice"));
+        assert!(!joined.contains("--credentials-not-before"));
         let env: Vec<_> = c.env.clone().unwrap();
         assert!(
             env.iter()
@@ -641,6 +1024,26 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_rotation_reaches_the_control_plane_as_its_epoch() {
+        let mut vc = vc("alice", Default::default());
+        vc.metadata.annotations.as_mut().unwrap().insert(
+            crate::api::CREDENTIALS_NOT_BEFORE_ANNOTATION.into(),
+            "2026-01-31T13:00:00.5+01:00".into(),
+        );
+        let objs = build_vc(&vc, &policy());
+        let sts: StatefulSet = find(&objs, Kind::StatefulSet, SYNCER_NAME);
+        let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(
+            args.contains("--credentials-not-before 2026-01-31T12:00:00Z"),
+            "{args}"
+        );
+    }
+
+    #[test]
     fn without_cluster_read_the_syncer_is_told_to_do_without_it() {
         let args = |cluster_read: bool| {
             let vc = vc("alice", Default::default());
@@ -648,7 +1051,7 @@ mod tests {
                 syncer_cluster_read: cluster_read,
                 ..policy()
             };
-            let r = check(&vc, &p, 0).unwrap();
+            let r = check(&vc, &p, &Facts::new(0)).unwrap();
             let sts: StatefulSet =
                 serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
             sts.spec.unwrap().template.spec.unwrap().containers[0]
@@ -690,7 +1093,7 @@ mod tests {
         let mut p = policy();
         p.network.egress_allow_cidrs = vec!["10.20.0.0/16".into()];
         p.network.egress_deny_cidrs = vec!["198.51.100.0/24".into()];
-        let r = check(&vc, &p, 0).unwrap();
+        let r = check(&vc, &p, &Facts::new(0)).unwrap();
         let sts: StatefulSet =
             serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
         let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
@@ -716,9 +1119,9 @@ mod tests {
         assert_eq!(sts.spec.unwrap().replicas, Some(0));
         let vc = vc("alice", Default::default());
         let p = policy();
-        let r = check(&vc, &p, 0).unwrap();
+        let r = check(&vc, &p, &Facts::new(0)).unwrap();
         assert!(
-            namespaced(&vc, &p, &r, None)
+            namespaced(&vc, &p, &r, None, &manager_subject())
                 .iter()
                 .all(|o| o.kind != Kind::StatefulSet)
         );
@@ -735,19 +1138,86 @@ mod tests {
             hard["requests.memory"].0,
             ((2u64 << 30) + (384u64 << 20)).to_string()
         );
+        // Memory limits: twice the tenant's memory, plus the control plane's own limit.
+        assert_eq!(
+            hard["limits.memory"].0,
+            ((4u64 << 30) + (1u64 << 30)).to_string()
+        );
+        // Storage by default: the tenant's plus the datastore volume.
+        assert_eq!(
+            hard["requests.storage"].0,
+            ((10u64 << 30) + (1u64 << 30)).to_string()
+        );
     }
 
+    /// Services exhaust the host's ClusterIP range, Secrets and ConfigMaps grow its etcd: the
+    /// quota counts them, with what the control plane keeps itself on top (its Service, its
+    /// two Secrets, kube-root-ca.crt, its volume claim, the manager's NetworkPolicies).
     #[test]
-    fn the_limit_range_sets_default_requests_and_no_limits() {
+    fn the_quota_counts_objects_on_top_of_the_control_planes_own() {
         let (_, objs) = build(Default::default());
-        let lr: k8s_openapi::api::core::v1::LimitRange =
-            find(&objs, Kind::LimitRange, TENANT_POLICY_NAME);
-        let item = &lr.spec.unwrap().limits[0];
+        let q: ResourceQuota = find(&objs, Kind::ResourceQuota, TENANT_POLICY_NAME);
+        let hard = q.spec.unwrap().hard.unwrap();
+        let netpols = objs
+            .iter()
+            .filter(|o| o.kind == Kind::NetworkPolicy)
+            .count();
+        for (key, want) in [
+            ("count/services", "11".to_string()),
+            ("count/secrets", "22".into()),
+            ("count/configmaps", "21".into()),
+            ("count/persistentvolumeclaims", "6".into()),
+            (
+                "count/networkpolicies.networking.k8s.io",
+                (5 + netpols).to_string(),
+            ),
+            ("count/jobs.batch", "7".into()),
+            ("services.nodeports", "0".into()),
+            ("services.loadbalancers", "0".into()),
+        ] {
+            assert_eq!(hard[key].0, want, "{key}");
+        }
+        // A NodePort API Service uses one node port; a load balancer one of each.
+        let mut p = policy();
+        p.allowed_exposures = vec![ExposureType::LoadBalancer];
+        let mut spec = crate::api::VirtualClusterSpec::default();
+        spec.expose.type_ = ExposureType::LoadBalancer;
+        let objs = build_vc(&vc("alice", spec), &p);
+        let q: ResourceQuota = find(&objs, Kind::ResourceQuota, TENANT_POLICY_NAME);
+        let hard = q.spec.unwrap().hard.unwrap();
+        assert_eq!(hard["services.nodeports"].0, "1");
+        assert_eq!(hard["services.loadbalancers"].0, "1");
+        // Nothing the admin did not ask for is counted.
+        let mut p = policy();
+        p.object_quota.clear();
+        let objs = build_vc(&vc("alice", Default::default()), &p);
+        let q: ResourceQuota = find(&objs, Kind::ResourceQuota, TENANT_POLICY_NAME);
         assert!(
-            item.default.is_none(),
-            "a default limit would cap the control plane"
+            !q.spec
+                .unwrap()
+                .hard
+                .unwrap()
+                .keys()
+                .any(|k| k.contains("count/"))
         );
+    }
+
+    /// A default memory limit, but no default CPU limit: the control plane sets its own memory
+    /// limit (so the default never applies to it) and no CPU limit on purpose.
+    #[test]
+    fn the_limit_range_sets_default_requests_and_a_memory_limit_only() {
+        let (_, objs) = build(Default::default());
+        let lr: LimitRange = find(&objs, Kind::LimitRange, TENANT_POLICY_NAME);
+        let item = &lr.spec.unwrap().limits[0];
+        let default = item.default.clone().unwrap();
+        assert_eq!(default.keys().collect::<Vec<_>>(), ["memory"]);
+        assert_eq!(default["memory"].0, "256Mi");
         assert!(item.default_request.is_some());
+        let sts: StatefulSet = find(&objs, Kind::StatefulSet, SYNCER_NAME);
+        let c = &sts.spec.unwrap().template.spec.unwrap().containers[0];
+        let resources = c.resources.clone().unwrap();
+        let limits = resources.limits.unwrap();
+        assert!(limits.contains_key("memory") && !limits.contains_key("cpu"));
     }
 
     #[test]
@@ -769,8 +1239,6 @@ mod tests {
         );
         assert!(!rule.verbs.contains(&"list".to_string()));
         assert_eq!(crb["subjects"][0]["name"], "alice");
-        // The grant must outlive the namespace: no owner reference for the garbage collector.
-        assert!(crb["metadata"].get("ownerReferences").is_none());
         let no_owner = VirtualCluster::new("bob", Default::default());
         assert!(owner_grants(&no_owner).is_none());
     }
@@ -779,7 +1247,7 @@ mod tests {
     fn namespace_and_service_follow_policy_and_exposure() {
         let vc = vc("alice", Default::default());
         let p = policy();
-        let r = check(&vc, &p, 0).unwrap();
+        let r = check(&vc, &p, &Facts::new(0)).unwrap();
         let ns: Namespace = serde_json::from_value(namespace(&vc, &p, &r)).unwrap();
         let labels = ns.metadata.labels.unwrap();
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "baseline");
@@ -787,5 +1255,30 @@ mod tests {
         let (_, objs) = build(crate::api::VirtualClusterSpec::default());
         let svc: Service = find(&objs, Kind::Service, "vkube-alice");
         assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+    }
+
+    /// The chart's admission policy for the manager names the same roles, label and prefixes
+    /// the manager uses (a rename on one side only would lock the manager out).
+    #[test]
+    fn the_guard_policy_speaks_of_the_managers_names() {
+        let guard = include_str!("../../charts/vkube/templates/guard.yaml");
+        for name in [
+            UID_LABEL,
+            SYNCER_CLUSTER_ROLE,
+            MANAGER_TENANT_CLUSTER_ROLE,
+            SYNCER_CLUSTER_READ_ROLE,
+            "vkube:owner:",
+            "'vkube-serve-cluster-read-' + s.namespace",
+            "pod-security.kubernetes.io/enforce",
+        ] {
+            assert!(guard.contains(name), "guard.yaml does not mention {name}");
+        }
+        assert_eq!(owner_cluster_role("x"), "vkube:owner:x");
+        assert_eq!(
+            syncer_cluster_read_binding_name("x"),
+            format!("vkube-serve-cluster-read-{}", host_namespace("x"))
+        );
+        assert!(host_namespace("x").starts_with("vkube-"));
+        assert_eq!(SYNCER_NAME, "vkube");
     }
 }

@@ -31,9 +31,21 @@ pub struct Policy {
     #[serde(default)]
     pub default_resources: TenantResources,
     /// Requests given to tenant containers that set none (a LimitRange), so a quota on
-    /// cpu/memory does not reject them.
+    /// cpu/memory does not reject them, and the memory limit of containers that set none.
     #[serde(default)]
     pub container_defaults: ContainerDefaults,
+    /// The tenant's memory limits may add up to this many times its memory (`limits.memory` of
+    /// the quota; at least 1).
+    #[serde(default = "default_memory_limit_ratio")]
+    pub memory_limit_ratio: f64,
+    /// Objects one tenant may keep on the host: ResourceQuota resource names (`count/services`,
+    /// `services.nodeports`, ...) and how many, on top of what the control plane needs itself.
+    #[serde(default)]
+    pub object_quota: BTreeMap<String, String>,
+    /// Names no VirtualCluster may have (besides `system` and the one whose host namespace would
+    /// be the manager's own, which are always reserved).
+    #[serde(default)]
+    pub reserved_names: Vec<String>,
     #[serde(default)]
     pub control_plane: ControlPlanePolicy,
     #[serde(default = "default_exposures")]
@@ -78,6 +90,24 @@ fn default_exposures() -> Vec<ExposureType> {
 fn default_pod_security() -> PodSecurity {
     PodSecurity::Baseline
 }
+fn default_memory_limit_ratio() -> f64 {
+    2.0
+}
+
+/// Names always reserved: `vkube-system` is where the chart is usually installed.
+pub const ALWAYS_RESERVED: &[&str] = &["system"];
+
+/// Quota resources the manager sets from `resources` itself; `objectQuota` may not name them.
+const RESOURCE_KEYS: &[&str] = &[
+    "pods",
+    "count/pods",
+    "cpu",
+    "requests.cpu",
+    "memory",
+    "requests.memory",
+    "limits.memory",
+    "requests.storage",
+];
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -93,6 +123,9 @@ pub struct ContainerDefaults {
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// Memory limit of containers that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -169,6 +202,33 @@ impl Policy {
                     .map_err(|e| PolicyError::Invalid(format!("{field}: {e}")))?;
             }
         }
+        if !(self.memory_limit_ratio.is_finite() && self.memory_limit_ratio >= 1.0) {
+            return Err(PolicyError::Invalid(format!(
+                "memoryLimitRatio {} must be a number of at least 1",
+                self.memory_limit_ratio
+            )));
+        }
+        let d = &self.container_defaults;
+        if let Some(limit) = &d.memory_limit {
+            let limit = parse_quantity(limit, QuantityKind::Bytes)
+                .map_err(|e| PolicyError::Invalid(format!("containerDefaults.memoryLimit: {e}")))?;
+            if let Some(request) = &d.memory
+                && parse_quantity(request, QuantityKind::Bytes).is_ok_and(|r| r > limit)
+            {
+                return Err(PolicyError::Invalid(
+                    "containerDefaults.memory is above containerDefaults.memoryLimit".into(),
+                ));
+            }
+        }
+        for (key, value) in &self.object_quota {
+            if RESOURCE_KEYS.contains(&key.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "objectQuota.{key}: set through maxResources/defaultResources"
+                )));
+            }
+            parse_quantity(value, QuantityKind::Count)
+                .map_err(|e| PolicyError::Invalid(format!("objectQuota.{key}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -194,6 +254,51 @@ pub struct Resolved {
     pub image: String,
     pub resources: TenantResources,
     pub pod_security: PodSecurity,
+    /// The owner's credential rotation (annotation), normalised RFC 3339.
+    pub credentials_not_before: Option<String>,
+}
+
+/// What the check needs to know besides the cluster and the policy.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// How many accepted clusters the same owner created before this one.
+    pub earlier_of_owner: usize,
+    /// The manager's own namespace (the chart's release namespace).
+    pub own_namespace: Option<&'a str>,
+    pub now: time::OffsetDateTime,
+}
+
+impl Facts<'_> {
+    pub fn new(earlier_of_owner: usize) -> Facts<'static> {
+        Facts {
+            earlier_of_owner,
+            own_namespace: None,
+            now: time::OffsetDateTime::now_utc(),
+        }
+    }
+}
+
+/// Why a cluster may not have this name, if it may not: the name must make a valid host
+/// namespace `vkube-NAME`, and that namespace must not be one vkube keeps for itself (the
+/// manager's own, `vkube-system`) or the admin reserved.
+pub fn name_refusal(name: &str, policy: &Policy, own_namespace: Option<&str>) -> Option<String> {
+    if let Err(e) = crate::names::validate_tenant_name(name) {
+        return Some(format!(
+            "{e} (the host namespace vkube-NAME must be a valid namespace name): choose another name"
+        ));
+    }
+    let ns = super::objects::host_namespace(name);
+    if own_namespace == Some(ns.as_str()) {
+        return Some(format!(
+            "the name {name:?} is reserved: its host namespace {ns} is the vkube manager's own namespace; choose another name"
+        ));
+    }
+    if ALWAYS_RESERVED.contains(&name) || policy.reserved_names.iter().any(|r| r == name) {
+        return Some(format!(
+            "the name {name:?} is reserved by the admin (its host namespace would be {ns}); choose another name"
+        ));
+    }
+    None
 }
 
 /// Why a cluster is refused; the text is shown to the developer as is.
@@ -206,15 +311,41 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Checks a cluster against the policy. `earlier_of_owner` is how many accepted clusters the same
-/// owner created before this one: counting only earlier ones makes the decision stable (a
-/// cluster accepted once is not refused later because a newer one appeared).
-pub fn check(
-    vc: &VirtualCluster,
-    policy: &Policy,
-    earlier_of_owner: usize,
-) -> Result<Resolved, Refusal> {
+/// Checks a cluster against the policy. `facts.earlier_of_owner` is how many accepted clusters
+/// the same owner created before this one: counting only earlier ones makes the decision stable
+/// (a cluster accepted once is not refused later because a newer one appeared).
+pub fn check(vc: &VirtualCluster, policy: &Policy, facts: &Facts) -> Result<Resolved, Refusal> {
+    let earlier_of_owner = facts.earlier_of_owner;
     let mut why = Vec::new();
+    if let Some(refusal) = name_refusal(
+        vc.metadata.name.as_deref().unwrap_or_default(),
+        policy,
+        facts.own_namespace,
+    ) {
+        why.push(refusal);
+    }
+    let credentials_not_before = match vc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::CREDENTIALS_NOT_BEFORE_ANNOTATION))
+    {
+        None => None,
+        Some(text) => match crate::credentials::parse_not_before(text, facts.now) {
+            Ok(t) => k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp())
+                .ok()
+                .map(|t| t.to_string()),
+            Err(e) => {
+                why.push(format!(
+                    "annotation {}: {} (set it with `vkube rotate-credentials NAME`)",
+                    crate::api::CREDENTIALS_NOT_BEFORE_ANNOTATION,
+                    e.to_string()
+                        .trim_start_matches("--credentials-not-before ")
+                ));
+                None
+            }
+        },
+    };
     let version = vc
         .spec
         .kubernetes_version
@@ -301,6 +432,7 @@ pub fn check(
             image,
             resources,
             pod_security,
+            credentials_not_before,
         }),
         _ => Err(Refusal(why)),
     }
@@ -405,7 +537,17 @@ maxClustersPerUser: 2
 kubernetesVersions: [{version: "1.35", image: "localhost/vkube/vkube:dev"}]
 defaultKubernetesVersion: "1.35"
 maxResources: {cpu: "4", memory: 8Gi, pods: 50, storage: 20Gi}
-defaultResources: {cpu: "1", memory: 2Gi, pods: 20}
+defaultResources: {cpu: "1", memory: 2Gi, pods: 20, storage: 10Gi}
+containerDefaults: {cpu: 100m, memory: 128Mi, memoryLimit: 256Mi}
+objectQuota:
+  count/services: "10"
+  count/secrets: "20"
+  count/configmaps: "20"
+  count/persistentvolumeclaims: "5"
+  count/networkpolicies.networking.k8s.io: "5"
+  count/jobs.batch: "7"
+  services.nodeports: "0"
+  services.loadbalancers: "0"
 placement:
   nodeSelector: {vkube.dev/node-type: real}
   tolerations: [{key: vkube.dev/real-node, operator: Exists, effect: NoSchedule}]
@@ -443,7 +585,7 @@ placement:
 
     #[test]
     fn defaults_are_applied_and_checked() {
-        let r = check(&vc("a", Default::default()), &policy(), 0).unwrap();
+        let r = check(&vc("a", Default::default()), &policy(), &Facts::new(0)).unwrap();
         assert_eq!(r.version, "1.35");
         assert_eq!(r.image, "localhost/vkube/vkube:dev");
         assert_eq!(r.resources.cpu.as_deref(), Some("1"));
@@ -467,7 +609,7 @@ placement:
             },
             ..Default::default()
         };
-        let Refusal(why) = check(&vc("a", spec), &policy(), 2).unwrap_err();
+        let Refusal(why) = check(&vc("a", spec), &policy(), &Facts::new(2)).unwrap_err();
         let text = why.join("\n");
         assert!(
             text.contains("version \"1.20\" is not allowed (allowed: 1.35)"),
@@ -498,7 +640,7 @@ placement:
             },
             ..Default::default()
         };
-        assert!(check(&vc("a", spec), &policy(), 1).is_ok());
+        assert!(check(&vc("a", spec), &policy(), &Facts::new(1)).is_ok());
     }
 
     #[test]
@@ -507,8 +649,8 @@ placement:
         p.pod_security = PodSecurity::Restricted;
         let mut spec = VirtualClusterSpec::default();
         spec.sync.pod_security = Some(PodSecurity::Baseline);
-        assert!(check(&vc("a", spec), &p, 0).is_err());
-        let r = check(&vc("a", Default::default()), &p, 0).unwrap();
+        assert!(check(&vc("a", spec), &p, &Facts::new(0)).is_err());
+        let r = check(&vc("a", Default::default()), &p, &Facts::new(0)).unwrap();
         assert_eq!(r.pod_security, PodSecurity::Restricted);
     }
 
@@ -528,7 +670,105 @@ placement:
         }
         let p = Policy::from_yaml(&serde_yaml::to_string(&policy).unwrap(), "values").unwrap();
         assert_eq!(p.allowed_versions(), ["1.35"]);
-        assert!(check(&vc("a", Default::default()), &p, 0).is_ok());
+        // Safe by default: a storage limit, memory limits, objects and node ports counted.
+        assert!(p.default_resources.storage.is_some());
+        assert!(p.container_defaults.memory_limit.is_some());
+        for key in [
+            "count/services",
+            "count/secrets",
+            "count/configmaps",
+            "services.nodeports",
+        ] {
+            assert!(p.object_quota.contains_key(key), "{key}");
+        }
+        assert_eq!(p.object_quota["services.nodeports"], "0");
+        assert!(check(&vc("a", Default::default()), &p, &Facts::new(0)).is_ok());
+    }
+
+    fn facts(own: Option<&str>) -> Facts<'_> {
+        Facts {
+            earlier_of_owner: 0,
+            own_namespace: own,
+            now: time::OffsetDateTime::from_unix_timestamp(1_769_860_800).unwrap(),
+        }
+    }
+
+    /// `vkube-system`, the manager's own namespace, the admin's list and names that make no
+    /// valid namespace are refused, whoever asks.
+    #[test]
+    fn reserved_and_invalid_names_are_refused() {
+        let mut p = policy();
+        p.reserved_names = vec!["kube".into()];
+        let refused = |name: &str, own: Option<&str>| {
+            let Refusal(why) = check(&vc(name, Default::default()), &p, &facts(own)).unwrap_err();
+            why.join("; ")
+        };
+        assert!(refused("system", None).contains("\"system\" is reserved"));
+        assert!(refused("kube", None).contains("reserved by the admin"));
+        let own = refused("tools", Some("vkube-tools"));
+        assert!(own.contains("the vkube manager's own namespace"), "{own}");
+        assert!(
+            check(
+                &vc("tools", Default::default()),
+                &p,
+                &facts(Some("platform"))
+            )
+            .is_ok()
+        );
+        for bad in ["a.b", "Alice", "-a", &"x".repeat(41), ""] {
+            let why = refused(bad, None);
+            assert!(
+                why.contains("must be a valid namespace name"),
+                "{bad}: {why}"
+            );
+        }
+        assert!(check(&vc(&"x".repeat(40), Default::default()), &p, &facts(None)).is_ok());
+        // The chart's helper reserves `system` too (the manager does on its own).
+        assert!(
+            include_str!("../../charts/vkube/templates/_helpers.tpl").contains("(list \"system\")")
+        );
+        assert_eq!(ALWAYS_RESERVED, ["system"]);
+    }
+
+    #[test]
+    fn a_credential_rotation_must_be_a_time_not_in_the_future() {
+        let with = |value: &str| {
+            let mut v = vc("a", Default::default());
+            v.metadata.annotations.as_mut().unwrap().insert(
+                crate::api::CREDENTIALS_NOT_BEFORE_ANNOTATION.into(),
+                value.into(),
+            );
+            check(&v, &policy(), &facts(None))
+        };
+        assert_eq!(
+            with("2026-01-31T11:00:00Z")
+                .unwrap()
+                .credentials_not_before
+                .as_deref(),
+            Some("2026-01-31T11:00:00Z")
+        );
+        let Refusal(why) = with("soon").unwrap_err();
+        assert!(why[0].contains("not an RFC 3339 time"), "{why:?}");
+        assert!(why[0].contains("vkube rotate-credentials"), "{why:?}");
+        let Refusal(why) = with("2026-02-01T00:00:00Z").unwrap_err();
+        assert!(why[0].contains("in the future"), "{why:?}");
+    }
+
+    #[test]
+    fn object_quota_and_memory_limits_are_checked_when_read() {
+        let base =
+            "kubernetesVersions: [{version: '1.35', image: x}]\ndefaultKubernetesVersion: '1.35'\n";
+        let read = |extra: &str| Policy::from_yaml(&format!("{base}{extra}"), "p");
+        assert!(read("objectQuota: {count/services: '5', count/jobs.batch: '3'}\n").is_ok());
+        let err = read("objectQuota: {pods: '5'}\n").unwrap_err().to_string();
+        assert!(err.contains("maxResources/defaultResources"), "{err}");
+        assert!(read("objectQuota: {count/services: lots}\n").is_err());
+        assert!(read("memoryLimitRatio: 0.5\n").is_err());
+        assert_eq!(read("").unwrap().memory_limit_ratio, 2.0);
+        let err = read("containerDefaults: {memory: 1Gi, memoryLimit: 256Mi}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("above containerDefaults.memoryLimit"), "{err}");
     }
 
     #[test]

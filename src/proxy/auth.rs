@@ -1,5 +1,7 @@
-//! Bearer-token authentication: a TokenReview against the virtual API server, cached briefly by
-//! the token's SHA-256 (the token itself is never stored or logged).
+//! Authentication of callers: client certificates (already verified against the tenant CA by
+//! the TLS handshake) are checked against the revocation epoch here, and bearer tokens with a
+//! TokenReview against the virtual API server, cached briefly by the token's SHA-256 (the token
+//! itself is never stored or logged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +11,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
 use super::identity::Identity;
+use crate::pki::CertFacts;
 
 const POSITIVE_TTL: Duration = Duration::from_secs(10);
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
@@ -18,6 +21,61 @@ const MAX_ENTRIES: usize = 10_000;
 pub enum AuthError {
     #[error("token review failed: {0}")]
     Review(#[from] kube::Error),
+}
+
+/// What the proxy accepts of a client certificate the TLS handshake verified.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCertPolicy {
+    /// Tenant name, for the hint in refusals.
+    pub tenant: String,
+    /// Certificates issued before this instant (whole seconds) are revoked
+    /// (`vkube serve --credentials-not-before`).
+    pub not_before: Option<time::OffsetDateTime>,
+}
+
+/// Why a verified certificate is not accepted; the text is the 401's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRefusal {
+    #[error(
+        "this client certificate was issued before the credentials of virtual cluster {tenant:?} were rotated ({epoch}): get a new kubeconfig with `vkube kubeconfig {tenant}`"
+    )]
+    Revoked { tenant: String, epoch: String },
+    #[error(
+        "client certificates in group system:masters are not accepted (vkube's own identity, never handed out; older vkube versions put the admin there): get a new kubeconfig with `vkube kubeconfig {tenant}`"
+    )]
+    Masters { tenant: String },
+    #[error("the client certificate names no user (empty common name)")]
+    NoUser,
+}
+
+impl ClientCertPolicy {
+    /// The caller's identity, or why the certificate is refused. Pure.
+    pub fn identity(&self, cert: &CertFacts) -> Result<Identity, CertRefusal> {
+        if let Some(epoch) = self.not_before
+            && cert.not_before < epoch
+        {
+            return Err(CertRefusal::Revoked {
+                tenant: self.tenant.clone(),
+                epoch: k8s_openapi::jiff::Timestamp::from_second(epoch.unix_timestamp())
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| epoch.unix_timestamp().to_string()),
+            });
+        }
+        // system:masters skips RBAC and cannot be revoked: no certificate that reaches the
+        // proxy may carry it, whoever signed it (vkube's internal identity talks to the API
+        // server on loopback, never through here).
+        if cert
+            .subject_organizations
+            .iter()
+            .any(|o| o == crate::pki::INTERNAL_GROUP)
+        {
+            return Err(CertRefusal::Masters {
+                tenant: self.tenant.clone(),
+            });
+        }
+        Identity::from_certificate(&cert.subject_common_name, &cert.subject_organizations)
+            .ok_or(CertRefusal::NoUser)
+    }
 }
 
 type Digest = [u8; 32];
@@ -92,4 +150,68 @@ fn digest(token: &str) -> Digest {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    fn cert(user: &str, groups: &[&str], issued: OffsetDateTime) -> CertFacts {
+        CertFacts {
+            subject_common_name: user.into(),
+            subject_organizations: groups.iter().map(|g| g.to_string()).collect(),
+            issuer_common_name: "vkube-alice-ca".into(),
+            sans: vec![],
+            not_before: issued,
+            not_after: issued + Duration::days(30),
+            public_key_der: vec![],
+        }
+    }
+
+    #[test]
+    fn certificates_from_before_the_epoch_are_revoked_and_later_ones_accepted() {
+        let epoch = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let policy = ClientCertPolicy {
+            tenant: "alice".into(),
+            not_before: Some(epoch),
+        };
+        let old = cert(
+            "kubernetes-admin",
+            &["vkube:admins"],
+            epoch - Duration::seconds(1),
+        );
+        let err = policy.identity(&old).unwrap_err();
+        assert!(matches!(err, CertRefusal::Revoked { .. }));
+        let text = err.to_string();
+        assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
+        assert!(text.contains("vkube kubeconfig alice"), "{text}");
+        for issued in [epoch, epoch + Duration::days(1)] {
+            let id = policy
+                .identity(&cert("kubernetes-admin", &["vkube:admins"], issued))
+                .unwrap();
+            assert_eq!(id.user, "kubernetes-admin");
+            assert_eq!(id.groups, ["vkube:admins"]);
+        }
+        // No epoch: nothing is revoked.
+        assert!(ClientCertPolicy::default().identity(&old).is_ok());
+    }
+
+    #[test]
+    fn system_masters_and_nameless_certificates_are_refused() {
+        let policy = ClientCertPolicy::default();
+        let now = OffsetDateTime::now_utc();
+        assert!(matches!(
+            policy.identity(&cert("kubernetes-admin", &["system:masters"], now)),
+            Err(CertRefusal::Masters { .. })
+        ));
+        assert!(matches!(
+            policy.identity(&cert("x", &["dev", "system:masters"], now)),
+            Err(CertRefusal::Masters { .. })
+        ));
+        assert_eq!(
+            policy.identity(&cert("", &["dev"], now)),
+            Err(CertRefusal::NoUser)
+        );
+    }
 }

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use auth::TokenAuthenticator;
+use auth::{CertRefusal, ClientCertPolicy, TokenAuthenticator};
 use identity::Identity;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -57,6 +57,8 @@ pub struct ProxyConfig {
     /// Trusts the API server's CA and presents the front-proxy client certificate.
     pub backend_tls: rustls::ClientConfig,
     pub tokens: TokenAuthenticator,
+    /// Which verified client certificates are accepted (revocation epoch, no system:masters).
+    pub client_certs: ClientCertPolicy,
     /// Serves pod logs/exec/attach/port-forward from the host; `None` leaves them to the
     /// virtual API server (which has no kubelet to ask).
     pub pods: Option<pods::PodRouter>,
@@ -66,6 +68,7 @@ struct State {
     backend: Backend,
     backend_url: String,
     tokens: TokenAuthenticator,
+    client_certs: ClientCertPolicy,
     pods: Option<pods::PodRouter>,
     ready: AtomicBool,
 }
@@ -107,6 +110,7 @@ impl Proxy {
                 backend,
                 backend_url: config.backend_url.trim_end_matches('/').to_string(),
                 tokens: config.tokens,
+                client_certs: config.client_certs,
                 pods: config.pods,
                 ready: AtomicBool::new(false),
             }),
@@ -159,9 +163,9 @@ impl Proxy {
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .and_then(|der| crate::pki::cert_facts(der).ok())
-                    .and_then(|f| {
-                        Identity::from_certificate(&f.subject_common_name, &f.subject_organizations)
+                    .map(|der| match crate::pki::cert_facts(der) {
+                        Ok(facts) => state.client_certs.identity(&facts),
+                        Err(_) => Err(CertRefusal::NoUser),
                     });
                 let cert_identity = Arc::new(cert_identity);
                 let service = hyper::service::service_fn(move |req| {
@@ -227,7 +231,7 @@ fn is_health_path(path: &str) -> bool {
 
 async fn handle(
     req: Request<Incoming>,
-    cert_identity: Arc<Option<Identity>>,
+    cert_identity: Arc<Option<Result<Identity, CertRefusal>>>,
     state: Arc<State>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let ready = state.ready.load(Ordering::SeqCst);
@@ -252,7 +256,16 @@ async fn handle(
         ));
     }
     let identity = match cert_identity.as_ref() {
-        Some(id) => id.clone(),
+        Some(Ok(id)) => id.clone(),
+        // A certificate of the tenant CA that is revoked: say why (never which certificate).
+        Some(Err(refusal)) => {
+            tracing::debug!(reason = %refusal, "client certificate refused");
+            return Ok(status_response(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                &refusal.to_string(),
+            ));
+        }
         None => match identity::bearer_token(req.headers()) {
             Some(token) => match state.tokens.authenticate(token).await {
                 Ok(Some(id)) => id,

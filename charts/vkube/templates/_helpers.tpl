@@ -31,3 +31,13 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- range .Values.policy.kubernetesVersions }}{{ $v = append $v .version }}{{ end -}}
 {{- $v | toJson -}}
 {{- end }}
+
+{{/* Names no VirtualCluster may have, as a JSON list (for CEL): `system`, the admin's
+     policy.reservedNames, and the one whose host namespace would be the release namespace. */}}
+{{- define "vkube.reservedNames" -}}
+{{- $names := concat (list "system") (default list .Values.policy.reservedNames) -}}
+{{- if hasPrefix "vkube-" .Release.Namespace -}}
+{{- $names = append $names (trimPrefix "vkube-" .Release.Namespace) -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end }}
