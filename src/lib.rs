@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod controlplane;
 pub mod dns;
+pub mod egress;
 pub mod host;
 pub mod kubeconfig;
 pub mod manager;

@@ -43,6 +43,8 @@ pub enum ServeError {
     Sync(#[from] SyncError),
     #[error(transparent)]
     Dns(#[from] crate::dns::server::DnsError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::server::EgressError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -78,6 +80,8 @@ pub struct ServeOptions {
     pub startup_timeout: Duration,
     /// Syncer settings; `None` runs the control plane without syncing anything to the host.
     pub syncer: Option<SyncerOptions>,
+    /// What the virtual API server may connect to on the tenant's behalf (`crate::egress`).
+    pub apiserver_egress: crate::egress::EgressMode,
 }
 
 /// What the syncer copies and allows; the tenant and host namespace come from the serve options.
@@ -180,6 +184,41 @@ pub async fn run(
     })?;
     let files = pki.write_files(&opts.data_dir.join("pki"))?;
 
+    // The API server's outbound connections go through the egress guard from its first
+    // moment (the aggregator probes APIServices at start): bound before it starts, judged
+    // against the syncer's caches once they are complete.
+    let shared_stores = syncer::addresses::SharedStores::default();
+    let egress_guard = match opts.apiserver_egress {
+        crate::egress::EgressMode::Unrestricted => {
+            tracing::warn!(
+                "--apiserver-egress unrestricted: the virtual API server connects wherever a tenant points it (webhooks, proxy subresources, aggregated APIs)"
+            );
+            None
+        }
+        mode => {
+            let addresses: std::sync::Arc<dyn crate::egress::TenantAddresses> = match &opts.syncer {
+                Some(_) => std::sync::Arc::new(shared_stores.clone()),
+                None => std::sync::Arc::new(crate::egress::NoAddresses),
+            };
+            let policy = crate::egress::EgressPolicy {
+                mode,
+                allowed: opts
+                    .syncer
+                    .as_ref()
+                    .map(|s| s.endpoint_policy.allowed.clone())
+                    .unwrap_or_default(),
+            };
+            Some(crate::egress::server::EgressGuard::bind(
+                &crate::egress::server::socket_path(&opts.data_dir),
+                policy,
+                addresses,
+            )?)
+        }
+    };
+    let egress_socket = egress_guard.as_ref().map(|g| g.path().to_path_buf());
+    let (egress_stop, egress_stopped) = watch::channel(false);
+    let egress_task = egress_guard.map(|g| tokio::spawn(g.serve(egress_stopped)));
+
     // Kubeconfig for the controller manager: straight to the loopback API server. The port is
     // only known after the control plane picks it, so the file is written by the ready check.
     let kcm_kubeconfig = opts.data_dir.join("controller-manager.kubeconfig");
@@ -190,6 +229,7 @@ pub async fn run(
         data_dir: opts.data_dir.clone(),
         service_cidr: opts.service_cidr.clone(),
         startup_timeout: opts.startup_timeout,
+        egress_socket,
     };
     let admin = pki.leaf(Leaf::Admin).clone();
     let kcm = pki.leaf(Leaf::ControllerManager).clone();
@@ -331,6 +371,7 @@ pub async fn run(
             cluster_dns: cluster_dns.clone(),
             node_sync: o.node_sync,
             storage_sync: o.storage_sync,
+            shared_stores: shared_stores.clone(),
             ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();
@@ -409,6 +450,10 @@ pub async fn run(
         let _ = task.await;
     }
     control_plane.stop().await;
+    let _ = egress_stop.send(true);
+    if let Some(task) = egress_task {
+        let _ = task.await;
+    }
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
 }

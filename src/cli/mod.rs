@@ -253,6 +253,12 @@ struct ServeArgs {
     /// logs one warning and shows none (claims keep working).
     #[arg(long, env = "VKUBE_STORAGE_SYNC", default_value = "used")]
     storage_sync: vkube::syncer::StorageSync,
+    /// What the virtual API server may connect to for the tenant (proxy subresources,
+    /// webhooks, aggregated APIs, kubelets): `tenant` (its own host pods and Services, and
+    /// --endpoint-allow-cidr ranges), `allow-public` (also public internet addresses, for
+    /// webhooks hosted outside) or `unrestricted` (no guard; only where tenants are trusted).
+    #[arg(long, env = "VKUBE_APISERVER_EGRESS", default_value = "tenant")]
+    apiserver_egress: vkube::egress::EgressMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -431,6 +437,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             node_sync: args.node_sync,
             storage_sync: args.storage_sync,
         }),
+        apiserver_egress: args.apiserver_egress,
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())

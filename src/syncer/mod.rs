@@ -7,6 +7,7 @@
 //! records what was written). Host objects are found by label `vkube.dev/managed-by=<vc>`;
 //! everything else in the host namespace is invisible to, and never touched by, the syncer.
 
+pub mod addresses;
 pub mod apply;
 pub mod backlog;
 pub mod configmaps;
@@ -144,6 +145,8 @@ pub struct SyncerConfig {
     pub node_sync: NodeSync,
     /// Asked for; [`run`] turns it off without the cluster-read grant.
     pub storage_sync: StorageSync,
+    /// Where the stores are published once complete (read by the API server's egress guard).
+    pub shared_stores: addresses::SharedStores,
 }
 
 impl SyncerConfig {
@@ -163,6 +166,7 @@ impl SyncerConfig {
             gc_interval: Duration::from_secs(30),
             node_sync: NodeSync::default(),
             storage_sync: StorageSync::default(),
+            shared_stores: addresses::SharedStores::default(),
         }
     }
 }
@@ -992,6 +996,7 @@ pub async fn run(
 
     let readiness = {
         let stores = stores.clone();
+        let shared = ctx.config.shared_stores.clone();
         async move {
             let started = std::time::Instant::now();
             for mut r in readies {
@@ -1006,6 +1011,7 @@ pub async fn run(
                 "syncer caches ready"
             );
             let _ = ready_tx.send(true);
+            shared.publish(stores);
             // Keep the sender alive: dropping it would fail every later wait.
             std::future::pending::<()>().await;
         }
