@@ -273,17 +273,29 @@ async fn handle(
             return Ok(answer(StatusCode::BAD_GATEWAY, &format!("vkube: {e}")));
         }
     };
-    let ready = tokio::time::timeout(ADDRESSES_TIMEOUT, state.addresses.ready()).await;
-    if !matches!(ready, Ok(true)) {
-        return Ok(answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "vkube: this virtual cluster's pods and Services are not known yet; retry",
-        ));
+    // Whose address it is matters only where an owner would change the verdict: loopback and
+    // link-local are refused and allowed ranges let through without asking.
+    let owner_matters = ips.iter().any(|ip| {
+        matches!(
+            decide(*ip, None, &state.policy),
+            Err(Refusal::Private | Refusal::Reserved | Refusal::Public)
+        )
+    });
+    if owner_matters {
+        let ready = tokio::time::timeout(ADDRESSES_TIMEOUT, state.addresses.ready()).await;
+        if !matches!(ready, Ok(true)) {
+            return Ok(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vkube: this virtual cluster's pods and Services are not known yet; retry",
+            ));
+        }
     }
     let verdicts: Vec<(IpAddr, Result<Allowed, Refusal>)> = ips
         .iter()
         .map(|ip| {
-            let owner = state.addresses.owner(super::normalize(*ip), port);
+            let owner = owner_matters
+                .then(|| state.addresses.owner(super::normalize(*ip), port))
+                .flatten();
             (*ip, decide(*ip, owner, &state.policy))
         })
         .collect();
@@ -434,6 +446,26 @@ mod tests {
         server.write_all(b"pong").await.unwrap();
         conn.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+    }
+
+    /// The syncer's caches never become ready.
+    struct NeverReady;
+    impl TenantAddresses for NeverReady {
+        fn ready(&self) -> futures::future::BoxFuture<'_, bool> {
+            Box::pin(std::future::pending())
+        }
+        fn owner(&self, _: IpAddr, _: u16) -> Option<crate::egress::Owner> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_at_once_even_before_the_tenants_addresses_are_known() {
+        let (_dir, path, _stop) = start(EgressPolicy::default(), Arc::new(NeverReady));
+        let started = std::time::Instant::now();
+        let (head, _) = connect_through(&path, "127.0.0.1:2379").await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
