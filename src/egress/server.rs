@@ -221,8 +221,8 @@ fn answer(code: StatusCode, reason: &str) -> Response<Body> {
 }
 
 /// The destination of a CONNECT: `host:port`, the host an IP (IPv6 in brackets) or a name.
-fn destination(req: &Request<Incoming>) -> Option<(String, u16)> {
-    let authority = req.uri().authority()?;
+fn destination(uri: &http::Uri) -> Option<(String, u16)> {
+    let authority = uri.authority()?;
     let port = authority.port_u16().filter(|p| *p != 0)?;
     let host = authority
         .host()
@@ -260,7 +260,7 @@ async fn handle(
             "vkube egress guard: only CONNECT",
         ));
     }
-    let Some((host, port)) = destination(&req) else {
+    let Some((host, port)) = destination(req.uri()) else {
         return Ok(answer(
             StatusCode::BAD_REQUEST,
             "vkube egress guard: CONNECT needs host:port",
@@ -481,6 +481,16 @@ mod tests {
             log.0.lock().unwrap().len() <= LOGGED_MAX,
             "the memory is bounded"
         );
+    }
+
+    #[test]
+    fn the_destination_is_host_and_port() {
+        let dest = |s: &str| destination(&s.parse().unwrap());
+        assert_eq!(dest("10.96.0.1:443"), Some(("10.96.0.1".into(), 443)));
+        assert_eq!(dest("[fd00::1]:443"), Some(("fd00::1".into(), 443)));
+        assert_eq!(dest("localhost:6443"), Some(("localhost".into(), 6443)));
+        assert_eq!(dest("10.96.0.1:0"), None);
+        assert_eq!(dest("10.96.0.1"), None);
     }
 
     #[tokio::test]
