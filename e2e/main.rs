@@ -3,6 +3,7 @@
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
 mod attack_classic;
+mod attack_egress;
 mod attack_ingress;
 mod attack_manager;
 mod attack_network;

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod controlplane;
 pub mod credentials;
 pub mod dns;
+pub mod egress;
 pub mod host;
 pub mod kubeconfig;
 pub mod manager;

@@ -56,6 +56,8 @@ pub enum ServeError {
     Credentials(#[from] crate::credentials::CredentialsError),
     #[error("the admin ClusterRoleBinding in the virtual API: {0}")]
     AdminBinding(#[source] kube::Error),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::server::EgressError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -96,6 +98,8 @@ pub struct ServeOptions {
     pub syncer: Option<SyncerOptions>,
     /// Apply vkube's base NetworkPolicies in the host namespace (off where the manager does).
     pub default_network_policy: bool,
+    /// What the virtual API server may connect to on the tenant's behalf (`crate::egress`).
+    pub apiserver_egress: crate::egress::EgressMode,
 }
 
 /// What the syncer copies and allows; the tenant and host namespace come from the serve options.
@@ -238,6 +242,41 @@ pub async fn run(
     })?;
     let files = pki.write_files(&opts.data_dir.join("pki"))?;
 
+    // The API server's outbound connections go through the egress guard from its first
+    // moment (the aggregator probes APIServices at start): bound before it starts, judged
+    // against the syncer's caches once they are complete.
+    let shared_stores = syncer::addresses::SharedStores::default();
+    let egress_guard = match opts.apiserver_egress {
+        crate::egress::EgressMode::Unrestricted => {
+            tracing::warn!(
+                "--apiserver-egress unrestricted: the virtual API server connects wherever a tenant points it (webhooks, proxy subresources, aggregated APIs)"
+            );
+            None
+        }
+        mode => {
+            let addresses: std::sync::Arc<dyn crate::egress::TenantAddresses> = match &opts.syncer {
+                Some(_) => std::sync::Arc::new(shared_stores.clone()),
+                None => std::sync::Arc::new(crate::egress::NoAddresses),
+            };
+            let policy = crate::egress::EgressPolicy {
+                mode,
+                allowed: opts
+                    .syncer
+                    .as_ref()
+                    .map(|s| s.endpoint_policy.allowed.clone())
+                    .unwrap_or_default(),
+            };
+            Some(crate::egress::server::EgressGuard::bind(
+                &crate::egress::server::socket_path(&opts.data_dir),
+                policy,
+                addresses,
+            )?)
+        }
+    };
+    let egress_socket = egress_guard.as_ref().map(|g| g.path().to_path_buf());
+    let (egress_stop, egress_stopped) = watch::channel(false);
+    let egress_task = egress_guard.map(|g| tokio::spawn(g.serve(egress_stopped)));
+
     // Kubeconfig for the controller manager: straight to the loopback API server. The port is
     // only known after the control plane picks it, so the file is written by the ready check.
     let kcm_kubeconfig = opts.data_dir.join("controller-manager.kubeconfig");
@@ -248,6 +287,7 @@ pub async fn run(
         data_dir: opts.data_dir.clone(),
         service_cidr: opts.service_cidr.clone(),
         startup_timeout: opts.startup_timeout,
+        egress_socket,
     };
     // vkube's own client identity: never the certificate handed out in the kubeconfig.
     let internal = pki.leaf(Leaf::Internal).clone();
@@ -442,6 +482,7 @@ pub async fn run(
                         .collect(),
                 },
             },
+            shared_stores: shared_stores.clone(),
             ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();
@@ -522,6 +563,10 @@ pub async fn run(
     let _ = binding_task.await;
     let _ = renew_task.await;
     control_plane.stop().await;
+    let _ = egress_stop.send(true);
+    if let Some(task) = egress_task {
+        let _ = task.await;
+    }
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
 }

@@ -315,6 +315,12 @@ struct ServeArgs {
     /// node networks where they lie outside the private ranges.
     #[arg(long = "egress-deny-cidr")]
     egress_deny_cidrs: Vec<vkube::translate::endpoints::Cidr>,
+    /// What the virtual API server may connect to for the tenant (proxy subresources,
+    /// webhooks, aggregated APIs, kubelets): `tenant` (its own host pods and Services, and
+    /// --endpoint-allow-cidr ranges), `allow-public` (also public internet addresses, for
+    /// webhooks hosted outside) or `unrestricted` (no guard; only where tenants are trusted).
+    #[arg(long, env = "VKUBE_APISERVER_EGRESS", default_value = "tenant")]
+    apiserver_egress: vkube::egress::EgressMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -513,6 +519,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             },
         }),
         default_network_policy: args.default_network_policy == Switch::On,
+        apiserver_egress: args.apiserver_egress,
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())

@@ -81,6 +81,9 @@ pub struct ControlPlaneConfig {
     pub data_dir: PathBuf,
     pub service_cidr: String,
     pub startup_timeout: Duration,
+    /// The Unix socket of vkube's egress guard (`crate::egress`): every connection the API
+    /// server opens on a tenant's behalf goes through it. `None`: the API server dials directly.
+    pub egress_socket: Option<PathBuf>,
 }
 
 /// Loopback ports of one control plane.
@@ -119,9 +122,36 @@ pub fn etcd_args(pki: &PkiFiles, data_dir: &Path, ports: Ports) -> Vec<String> {
     ]
 }
 
-pub fn apiserver_args(pki: &PkiFiles, ports: Ports, service_cidr: &str) -> Vec<String> {
+/// kube-apiserver's EgressSelectorConfiguration: `cluster` (proxy subresources, kubelets,
+/// Service-based webhooks, aggregated APIs) and `controlplane` (URL-based webhooks, and the
+/// authentication, authorization and audit webhooks vkube does not configure) through the
+/// HTTP CONNECT proxy on `socket`. `etcd` is left out: it stays direct, on loopback.
+pub fn egress_selector_config(socket: &Path) -> String {
+    let selection = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "connection": {
+                "proxyProtocol": "HTTPConnect",
+                "transport": {"uds": {"udsName": socket.display().to_string()}},
+            },
+        })
+    };
+    serde_json::json!({
+        "apiVersion": "apiserver.k8s.io/v1beta1",
+        "kind": "EgressSelectorConfiguration",
+        "egressSelections": [selection("cluster"), selection("controlplane")],
+    })
+    .to_string()
+}
+
+pub fn apiserver_args(
+    pki: &PkiFiles,
+    ports: Ports,
+    service_cidr: &str,
+    egress_selector_config: Option<&Path>,
+) -> Vec<String> {
     let p = |p: PathBuf| p.display().to_string();
-    vec![
+    let mut args = vec![
         format!("--etcd-servers=https://127.0.0.1:{}", ports.etcd_client),
         format!("--etcd-cafile={}", p(pki.ca_cert(Authority::Etcd))),
         format!("--etcd-certfile={}", p(pki.cert(Leaf::ApiServerEtcdClient))),
@@ -164,7 +194,14 @@ pub fn apiserver_args(pki: &PkiFiles, ports: Ports, service_cidr: &str) -> Vec<S
         // One tenant's traffic does not need fairness queues; they cost memory and latency.
         "--enable-priority-and-fairness=false".into(),
         "--profiling=false".into(),
-    ]
+    ];
+    if let Some(config) = egress_selector_config {
+        args.push(format!(
+            "--egress-selector-config-file={}",
+            config.display()
+        ));
+    }
+    args
 }
 
 pub fn controller_manager_args(pki: &PkiFiles, kubeconfig: &Path) -> Vec<String> {
@@ -263,6 +300,19 @@ impl ControlPlane {
             source,
         })?;
         let ports = choose_ports(&config.data_dir)?;
+        let egress_config = match &config.egress_socket {
+            Some(socket) => {
+                let path = config.data_dir.join("egress-selector.json");
+                std::fs::write(&path, egress_selector_config(socket)).map_err(|source| {
+                    ControlPlaneError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(path)
+            }
+            None => None,
+        };
         let deadline = Instant::now() + config.startup_timeout;
         let backoff = Backoff::default();
 
@@ -289,7 +339,7 @@ impl ControlPlane {
             ProcessSpec {
                 name: "kube-apiserver".into(),
                 program: config.binaries.kube_apiserver.clone(),
-                args: apiserver_args(pki, ports, &config.service_cidr),
+                args: apiserver_args(pki, ports, &config.service_cidr, egress_config.as_deref()),
                 // A smaller heap target: the virtual API server is mostly idle.
                 env: vec![("GOGC".into(), "50".into())],
             },
@@ -413,8 +463,9 @@ mod tests {
 
     #[test]
     fn apiserver_listens_on_loopback_only_and_trusts_the_front_proxy() {
-        let args = apiserver_args(&files(), PORTS, "10.96.0.0/12");
+        let args = apiserver_args(&files(), PORTS, "10.96.0.0/12", None);
         assert!(args.contains(&"--bind-address=127.0.0.1".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--egress-selector")));
         assert!(args.contains(&"--secure-port=6443".to_string()));
         assert!(
             args.contains(&"--requestheader-client-ca-file=/pki/front-proxy-ca.crt".to_string())
@@ -422,6 +473,39 @@ mod tests {
         assert!(args.contains(&"--requestheader-allowed-names=front-proxy-client".to_string()));
         assert!(args.contains(&"--etcd-servers=https://127.0.0.1:2379".to_string()));
         assert!(args.contains(&"--authorization-mode=RBAC".to_string()));
+    }
+
+    #[test]
+    fn the_apiserver_dials_the_cluster_and_webhook_urls_through_the_egress_guard() {
+        let args = apiserver_args(
+            &files(),
+            PORTS,
+            "10.96.0.0/12",
+            Some(Path::new("/data/egress-selector.json")),
+        );
+        assert!(
+            args.contains(&"--egress-selector-config-file=/data/egress-selector.json".to_string())
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(&egress_selector_config(Path::new("/data/egress/g.sock")))
+                .unwrap();
+        assert_eq!(config["apiVersion"], "apiserver.k8s.io/v1beta1");
+        assert_eq!(config["kind"], "EgressSelectorConfiguration");
+        let selections = config["egressSelections"].as_array().unwrap();
+        let names: Vec<&str> = selections
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        // An egress left out is dialled directly: both tenant-reachable ones must be listed.
+        assert_eq!(names, ["cluster", "controlplane"]);
+        for s in selections {
+            assert_eq!(s["connection"]["proxyProtocol"], "HTTPConnect");
+            assert_eq!(
+                s["connection"]["transport"]["uds"]["udsName"],
+                "/data/egress/g.sock"
+            );
+            assert!(s["connection"]["transport"].get("tcp").is_none());
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! records what was written). Host objects are found by label `vkube.dev/managed-by=<vc>`;
 //! everything else in the host namespace is invisible to, and never touched by, the syncer.
 
+pub mod addresses;
 pub mod apply;
 pub mod backlog;
 pub mod configmaps;
@@ -151,6 +152,8 @@ pub struct SyncerConfig {
     /// Where tenant pods reach their control plane and which ranges are closed to them: the
     /// default allowances and the clipping of the tenant's NetworkPolicies.
     pub network: crate::translate::networkpolicy::TenantNetwork,
+    /// Where the stores are published once complete (read by the API server's egress guard).
+    pub shared_stores: addresses::SharedStores,
 }
 
 impl SyncerConfig {
@@ -172,6 +175,7 @@ impl SyncerConfig {
             node_sync: NodeSync::default(),
             storage_sync: StorageSync::default(),
             network: Default::default(),
+            shared_stores: addresses::SharedStores::default(),
         }
     }
 }
@@ -1061,6 +1065,7 @@ pub async fn run(
 
     let readiness = {
         let stores = stores.clone();
+        let shared = ctx.config.shared_stores.clone();
         async move {
             let started = std::time::Instant::now();
             for mut r in readies {
@@ -1075,6 +1080,7 @@ pub async fn run(
                 "syncer caches ready"
             );
             let _ = ready_tx.send(true);
+            shared.publish(stores);
             // Keep the sender alive: dropping it would fail every later wait.
             std::future::pending::<()>().await;
         }
