@@ -218,6 +218,9 @@ policy:
   controlPlane: {{cpuRequest: 100m, memoryRequest: 256Mi, memoryLimit: 1Gi, storage: 1Gi,
                  storageClassName: {STORAGE_CLASS}}}
   placement:{PLACEMENT}
+  tenantPods:
+    # The tenants' workloads run on the real node, which is tainted for everyone else.
+    allowedTolerations: ["vkube.dev/real-node:NoSchedule"]
 "#
     );
     let dir = tempfile::tempdir().unwrap();

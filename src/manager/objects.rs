@@ -552,6 +552,7 @@ pub fn stateful_set(
         // certificate and refuses the old ones (see `vkube rotate-credentials`).
         args.extend(["--credentials-not-before".into(), epoch.clone()]);
     }
+    args.extend(tenant_policy_args(policy));
     if vc.spec.sync.all_config_maps {
         args.push("--sync-all-configmaps".into());
     }
@@ -626,6 +627,43 @@ pub fn stateful_set(
     }})
 }
 
+/// The admin's widenings of the tenant's pod, metadata, Ingress, Service and API-egress policy,
+/// as `vkube serve` flags (the safe defaults need none).
+fn tenant_policy_args(policy: &Policy) -> Vec<String> {
+    let t = &policy.tenant_pods;
+    let mut args = Vec::new();
+    let mut repeat = |flag: &str, values: &[String]| {
+        for v in values {
+            args.extend([flag.to_string(), v.clone()]);
+        }
+    };
+    repeat("--allow-volume-type", &t.allowed_volume_types);
+    repeat("--allow-csi-driver", &t.allowed_csi_drivers);
+    let selector: Vec<String> = t
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    repeat("--node-selector", &selector);
+    repeat("--pod-toleration", &t.tolerations);
+    repeat("--allow-toleration", &t.allowed_tolerations);
+    repeat("--allow-runtime-class", &t.allowed_runtime_classes);
+    repeat("--allow-label", &t.allowed_labels);
+    repeat("--allow-annotation", &t.allowed_annotations);
+    if !policy.ingress.host_suffix.is_empty() {
+        // The template itself: `vkube serve` puts the tenant's name in.
+        args.extend([
+            "--ingress-host-suffix".into(),
+            policy.ingress.host_suffix.clone(),
+        ]);
+    }
+    if policy.services.allow_external_name {
+        args.push("--allow-external-name".into());
+    }
+    args.extend(["--apiserver-egress".into(), policy.apiserver_egress.clone()]);
+    args
+}
+
 /// The owner's rights on their own cluster object, by name: RBAC cannot filter a LIST by
 /// owner, so developers get no LIST at all and each owner gets get/watch/update/patch/delete on
 /// exactly their clusters.
@@ -656,6 +694,46 @@ mod tests {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
     use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
+
+    #[test]
+    fn the_admins_widenings_reach_vkube_serve_as_flags() {
+        let vc = vc("alice", Default::default());
+        let mut p = policy();
+        p.tenant_pods.allowed_volume_types = vec!["csi".into()];
+        p.tenant_pods.allowed_csi_drivers = vec!["secrets-store.csi.k8s.io".into()];
+        p.tenant_pods.node_selector = [("pool".to_string(), "tenants".to_string())].into();
+        p.tenant_pods.tolerations = vec!["pool=tenants:NoSchedule".into()];
+        p.tenant_pods.allowed_tolerations = vec!["gpu:NoSchedule".into()];
+        p.tenant_pods.allowed_runtime_classes = vec!["gvisor".into()];
+        p.tenant_pods.allowed_labels = vec!["team".into()];
+        p.tenant_pods.allowed_annotations = vec!["prometheus.io/*".into()];
+        p.ingress.host_suffix = "{name}.apps.example.com".into();
+        p.services.allow_external_name = true;
+        p.apiserver_egress = "allow-public".into();
+        let r = check(&vc, &p, &Facts::new(0)).unwrap();
+        let sts: StatefulSet =
+            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+        let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        for want in [
+            "--allow-volume-type csi",
+            "--allow-csi-driver secrets-store.csi.k8s.io",
+            "--node-selector pool=tenants",
+            "--pod-toleration pool=tenants:NoSchedule",
+            "--allow-toleration gpu:NoSchedule",
+            "--allow-runtime-class gvisor",
+            "--allow-label team",
+            "--allow-annotation prometheus.io/*",
+            "--ingress-host-suffix {name}.apps.example.com",
+            "--allow-external-name",
+            "--apiserver-egress allow-public",
+        ] {
+            assert!(args.contains(want), "{want} missing from {args}");
+        }
+    }
 
     /// Documents of a chart template, with the template lines dropped (labels, conditionals:
     /// what is inside a conditional stays, i.e. the fullest rendering).
@@ -1102,6 +1180,9 @@ mod tests {
             .unwrap()
             .join(" ");
         assert!(args.contains("--default-network-policy off"), "{args}");
+        // The safe defaults need no flags but the API server's egress mode.
+        assert!(!args.contains("--allow-"), "{args}");
+        assert!(args.contains("--apiserver-egress tenant"), "{args}");
         assert!(args.contains("--egress-allow-cidr 10.20.0.0/16"), "{args}");
         assert!(
             args.contains("--egress-deny-cidr 198.51.100.0/24"),

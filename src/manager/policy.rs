@@ -67,6 +67,71 @@ pub struct Policy {
     /// `policy.network`), passed to each tenant's `vkube serve`.
     #[serde(default)]
     pub network: NetworkValues,
+    /// What tenant pods may ask of the host beyond the safe defaults (chart value
+    /// `policy.tenantPods`), passed to each tenant's `vkube serve` as flags.
+    #[serde(default)]
+    pub tenant_pods: TenantPodValues,
+    /// Tenant Ingresses (chart value `policy.ingress`).
+    #[serde(default)]
+    pub ingress: IngressValues,
+    /// Tenant Services (chart value `policy.services`).
+    #[serde(default)]
+    pub services: ServiceValues,
+    /// Where each tenant's virtual API server may connect on its behalf (`--apiserver-egress`:
+    /// tenant, allow-public or unrestricted).
+    #[serde(default = "default_apiserver_egress")]
+    pub apiserver_egress: String,
+}
+
+/// Widenings of the syncer's pod and metadata policy; each list becomes a repeated flag.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantPodValues {
+    /// `--allow-volume-type`: volume types besides the safe defaults (`csi`, `nfs`, ...).
+    #[serde(default)]
+    pub allowed_volume_types: Vec<String>,
+    /// `--allow-csi-driver`: drivers inline `csi` volumes may name.
+    #[serde(default, rename = "allowedCSIDrivers")]
+    pub allowed_csi_drivers: Vec<String>,
+    /// `--node-selector`: labels every tenant pod's node must carry.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// `--pod-toleration`: tolerations added to every tenant pod, `key[=value][:effect]`.
+    #[serde(default)]
+    pub tolerations: Vec<String>,
+    /// `--allow-toleration`: tenant tolerations kept on the host, `key[=value][:effect]`.
+    #[serde(default)]
+    pub allowed_tolerations: Vec<String>,
+    /// `--allow-runtime-class`.
+    #[serde(default)]
+    pub allowed_runtime_classes: Vec<String>,
+    /// `--allow-label`: label keys copied to the host unchanged (exact, `prefix/*` or `*`).
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
+    /// `--allow-annotation`: annotation keys copied to the host unchanged.
+    #[serde(default)]
+    pub allowed_annotations: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressValues {
+    /// `--ingress-host-suffix`: the DNS suffix of each tenant's Ingress hosts, with `{name}` for
+    /// the cluster's name (`{name}.apps.example.com`). Empty: tenant Ingresses are not published.
+    #[serde(default)]
+    pub host_suffix: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceValues {
+    /// `--allow-external-name`: ExternalName Services reach the host's DNS.
+    #[serde(default)]
+    pub allow_external_name: bool,
+}
+
+fn default_apiserver_egress() -> String {
+    "tenant".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -171,6 +236,45 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// The values that become `vkube serve` flags are parsed as `vkube serve` parses them, so a
+    /// typo stops the manager at start instead of every tenant's control plane.
+    fn validate_tenant_values(&self) -> Result<(), PolicyError> {
+        use crate::translate::KeyPattern;
+        use crate::translate::placement::TolerationSpec;
+        let invalid = |field: &str, e: String| PolicyError::Invalid(format!("{field}: {e}"));
+        let t = &self.tenant_pods;
+        for (field, specs) in [
+            ("tenantPods.tolerations", &t.tolerations),
+            ("tenantPods.allowedTolerations", &t.allowed_tolerations),
+        ] {
+            for spec in specs {
+                spec.parse::<TolerationSpec>()
+                    .map_err(|e| invalid(field, e))?;
+            }
+        }
+        for (field, patterns) in [
+            ("tenantPods.allowedLabels", &t.allowed_labels),
+            ("tenantPods.allowedAnnotations", &t.allowed_annotations),
+        ] {
+            for p in patterns {
+                p.parse::<KeyPattern>()
+                    .map_err(|e| invalid(field, e.to_string()))?;
+            }
+        }
+        for (k, v) in &t.node_selector {
+            crate::translate::placement::parse_selector_pair(&format!("{k}={v}"))
+                .map_err(|e| invalid("tenantPods.nodeSelector", e))?;
+        }
+        if !self.ingress.host_suffix.is_empty() {
+            crate::translate::ingress::host_suffix_for(&self.ingress.host_suffix, "example")
+                .map_err(|e| invalid("ingress.hostSuffix", e.to_string()))?;
+        }
+        self.apiserver_egress
+            .parse::<crate::egress::EgressMode>()
+            .map_err(|e| invalid("apiserverEgress", e))?;
+        Ok(())
+    }
+
     pub fn from_yaml(yaml: &str, path: &str) -> Result<Policy, PolicyError> {
         let policy: Policy = serde_yaml::from_str(yaml).map_err(|e| PolicyError::Read {
             path: path.into(),
@@ -193,6 +297,7 @@ impl Policy {
         {
             parse_quantity(q, kind).map_err(|e| PolicyError::Invalid(format!("{field}: {e}")))?;
         }
+        self.validate_tenant_values()?;
         for (field, cidrs) in [
             ("network.egressAllowCIDRs", &self.network.egress_allow_cidrs),
             ("network.egressDenyCIDRs", &self.network.egress_deny_cidrs),
@@ -555,6 +660,42 @@ placement:
             "test",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn tenant_widenings_are_parsed_as_vkube_serve_parses_them() {
+        let with = |extra: &str| -> Result<Policy, PolicyError> {
+            let mut v: serde_yaml::Value = serde_yaml::to_value(policy()).unwrap();
+            let extra: serde_yaml::Mapping = serde_yaml::from_str(extra).unwrap();
+            for (k, val) in extra {
+                v[k] = val;
+            }
+            Policy::from_yaml(&serde_yaml::to_string(&v).unwrap(), "test")
+        };
+        with(
+            r#"{tenantPods: {tolerations: ["pool=t:NoSchedule"], allowedLabels: ["istio.io/*"]},
+                ingress: {hostSuffix: "{name}.apps.example.com"}, apiserverEgress: allow-public}"#,
+        )
+        .unwrap();
+        for (bad, field) in [
+            (
+                r#"{tenantPods: {allowedTolerations: ["pool=*"]}}"#,
+                "tenantPods.allowedTolerations",
+            ),
+            (
+                r#"{tenantPods: {tolerations: ["k:Sometimes"]}}"#,
+                "tenantPods.tolerations",
+            ),
+            (
+                r#"{tenantPods: {allowedAnnotations: ["a*b"]}}"#,
+                "tenantPods.allowedAnnotations",
+            ),
+            (r#"{ingress: {hostSuffix: "*.apps"}}"#, "ingress.hostSuffix"),
+            (r#"{apiserverEgress: open}"#, "apiserverEgress"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     pub(crate) fn vc(name: &str, spec: VirtualClusterSpec) -> VirtualCluster {
