@@ -348,6 +348,8 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
         let api = Api::<DynamicObject>::all_with(ctx.virt.clone(), &virt_ar);
         let kind = kind.clone();
         let gc = gc.clone();
+        // The Secrets and ConfigMaps a deleted object referred to may be collectable now.
+        let shared_gc = ctx.gc_trigger.clone();
         watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(super::trim::<DynamicObject>)
@@ -357,7 +359,10 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
                     Ok(watcher::Event::InitDone) => {
                         let _ = virt_ready_tx.send(true);
                     }
-                    Ok(watcher::Event::Delete(_)) => gc.notify_one(),
+                    Ok(watcher::Event::Delete(_)) => {
+                        gc.notify_one();
+                        shared_gc.notify_one();
+                    }
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                         let _ = main_tx.unbounded_send(Ok(o.clone()));
                         let ns = o.namespace().unwrap_or_default();
