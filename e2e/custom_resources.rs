@@ -71,8 +71,14 @@ pub(crate) fn virtual_get(t: &Tenant, args: &[&str]) -> Option<Value> {
         .flatten()
 }
 
-/// Installs the sample CRDs on the host (idempotent: every test shares the host).
+/// Installs the sample CRDs on the host (idempotent: every test shares the host; once per test
+/// process, as two concurrent applies of a new object race to create it).
 pub(crate) fn install_host_crds() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(install_host_crds_now);
+}
+
+fn install_host_crds_now() {
     for (kind, plural) in [("Widget", "widgets"), ("Gadget", "gadgets")] {
         host_kubectl(&["apply", "-f", "-"], Some(&crd(kind, plural)));
         host_kubectl(

@@ -230,9 +230,20 @@ async fn install_virtual_crd(ctx: &Context, ar: &ApiResource) -> Result<(), Stri
     {
         spec.conversion = None;
     }
+    // Kubernetes refuses CRDs of its own groups (`*.k8s.io`: the CSI snapshot CRDs) without
+    // the approval annotation; nothing else of the host's metadata is kept.
+    let approval = host_crd
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() == "api-approved.kubernetes.io")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>();
     let crd = CustomResourceDefinition {
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
+            annotations: Some(approval).filter(|a| !a.is_empty()),
             labels: Some(
                 [(
                     "app.kubernetes.io/managed-by".to_string(),
