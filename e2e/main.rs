@@ -19,3 +19,4 @@ mod real_node;
 mod serve;
 mod syncer;
 mod upgrade;
+mod versions;
