@@ -235,6 +235,32 @@ mod tests {
         ));
     }
 
+    /// The chart's schema and hack/ (which builds and tests the versions) name exactly these.
+    #[test]
+    fn the_chart_and_the_harness_list_the_supported_minors() {
+        let want: Vec<String> = SUPPORTED.iter().map(Minor::to_string).collect();
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../charts/vkube/values.schema.json")).unwrap();
+        let listed: Vec<String> = serde_json::from_value(
+            schema["properties"]["policy"]["properties"]["kubernetesVersions"]["items"]
+                ["properties"]["version"]["enum"]
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(listed, want, "charts/vkube/values.schema.json");
+        let versions = include_str!("../../hack/versions.sh");
+        let line = versions
+            .lines()
+            .find_map(|l| l.strip_prefix("VIRTUAL_K8S_VERSIONS=\"${VIRTUAL_K8S_VERSIONS:-"))
+            .expect("VIRTUAL_K8S_VERSIONS in hack/versions.sh");
+        let built: Vec<String> = line
+            .trim_end_matches("}\"")
+            .split_whitespace()
+            .map(|v| v.parse::<Minor>().unwrap().to_string())
+            .collect();
+        assert_eq!(built, want, "hack/versions.sh VIRTUAL_K8S_VERSIONS");
+    }
+
     /// A fake binary printing `version`, under a fresh name each time: a script just written
     /// may be "busy" for a moment while another test's child still holds the written file.
     fn fake_binary(dir: &Path, version: &str) -> PathBuf {
