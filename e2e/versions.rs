@@ -115,9 +115,21 @@ async fn tenants_of_every_supported_minor_sync_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binaries_of_another_minor_are_refused_before_anything_starts() {
-    // VKUBE_BIN_DIR holds the pinned version (1.35); asking it for 1.34 must fail at once.
+    // A directory that claims to hold 1.34 but holds the pinned 1.35 binaries (a stale cache,
+    // a wrongly built image): asking for 1.34 must fail at once.
     let mut t = Tenant::new("wrongver");
-    t.extra_args = vec!["--kubernetes-version".into(), "1.34".into()];
+    let fake = t.dir.join("versions");
+    let bin = fake.join("v1.34.9/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in ["kube-apiserver", "kube-controller-manager"] {
+        std::os::unix::fs::symlink(common::env().bin_dir.join(b), bin.join(b)).unwrap();
+    }
+    t.extra_args = vec![
+        "--kubernetes-version".into(),
+        "1.34".into(),
+        "--versions-dir".into(),
+        fake.display().to_string(),
+    ];
     let (ok, err) = common::run_vkube(&t.serve_args(), Duration::from_secs(60));
     assert!(!ok, "serve refused binaries of another minor");
     assert!(

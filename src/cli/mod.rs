@@ -178,8 +178,9 @@ struct ServeArgs {
     #[arg(long, env = "VKUBE_KUBERNETES_VERSION", value_parser = vkube::controlplane::version::Minor::supported)]
     kubernetes_version: Option<vkube::controlplane::version::Minor>,
     /// Directory with one `v1.MINOR.PATCH/bin` per Kubernetes version (the layout of
-    /// hack/build-components.sh's cache, ~/.cache/vkube): --kubernetes-version picks from it.
-    #[arg(long, env = "VKUBE_VERSIONS_DIR", requires = "kubernetes_version")]
+    /// hack/build-components.sh's cache, ~/.cache/vkube): --kubernetes-version picks from it
+    /// (without --kubernetes-version it is not used).
+    #[arg(long, env = "VKUBE_VERSIONS_DIR")]
     versions_dir: Option<PathBuf>,
     #[arg(long, env = "VKUBE_ETCD_BIN")]
     etcd_bin: Option<PathBuf>,
