@@ -18,3 +18,5 @@ mod pod_streams;
 mod real_node;
 mod serve;
 mod syncer;
+mod upgrade;
+mod versions;
