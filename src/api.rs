@@ -187,6 +187,12 @@ pub struct VirtualClusterStatus {
     pub owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `vkube sleep` and `vkube wake` (their annotations' values) the manager acted
+    /// on: a request is new when its annotation differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_sleep_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_wake_request: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

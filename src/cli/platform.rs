@@ -821,7 +821,7 @@ async fn forward(
         let (mut conn, _) = listener.accept().await?;
         let pods = pods.clone();
         let pod = pod.clone();
-        let (vcs, host, name) = (vcs.clone(), client.clone(), name.to_string());
+        let (vcs, name) = (vcs.clone(), name.to_string());
         tokio::spawn(async move {
             let port = objects::LISTEN_PORT as u16;
             let mut pf = match pods.portforward(&pod, &[port]).await {
@@ -836,7 +836,7 @@ async fn forward(
                         return;
                     }
                     eprintln!("virtual cluster {name:?} is asleep: waking it");
-                    if let Err(e) = request_wake(&host, &vcs, &name).await {
+                    if let Err(e) = request_wake(&vcs, &name).await {
                         eprintln!("waking {name:?}: {e:#}");
                         return;
                     }
@@ -1096,19 +1096,15 @@ pub async fn pause(args: NameArgs, paused: bool) -> anyhow::Result<()> {
 }
 
 /// Writes one of the owner's requests (`vkube sleep`, `vkube wake`): the annotation with the
-/// host's current time (the manager compares it with when the cluster last woke or slept).
+/// current time. The manager acts on a value it has not acted on yet (it records the last one
+/// in the status), so clocks need not agree; the time is for people to read.
 async fn request(
-    host: &kube::Client,
     api: &Api<VirtualCluster>,
     name: &str,
     annotation: &str,
     verb: &str,
 ) -> anyhow::Result<()> {
-    let now = match server_now(host).await {
-        Some(t) => t,
-        None => k8s_openapi::jiff::Timestamp::now().as_second(),
-    };
-    let at = k8s_openapi::jiff::Timestamp::from_second(now)?;
+    let at = k8s_openapi::jiff::Timestamp::now();
     api.patch(
         name,
         &PatchParams::default(),
@@ -1121,12 +1117,8 @@ async fn request(
     Ok(())
 }
 
-async fn request_wake(
-    host: &kube::Client,
-    api: &Api<VirtualCluster>,
-    name: &str,
-) -> anyhow::Result<()> {
-    request(host, api, name, WAKE_REQUESTED_ANNOTATION, "wake").await
+async fn request_wake(api: &Api<VirtualCluster>, name: &str) -> anyhow::Result<()> {
+    request(api, name, WAKE_REQUESTED_ANNOTATION, "wake").await
 }
 
 /// `vkube sleep NAME`: the cluster sleeps now (its control plane stops, its host pods go, all
@@ -1147,14 +1139,7 @@ pub async fn sleep(args: NameArgs) -> anyhow::Result<()> {
             args.name
         );
     }
-    request(
-        &host.client,
-        &api,
-        &args.name,
-        SLEEP_REQUESTED_ANNOTATION,
-        "put to sleep",
-    )
-    .await?;
+    request(&api, &args.name, SLEEP_REQUESTED_ANNOTATION, "put to sleep").await?;
     let deadline = started + Duration::from_secs(args.wait_seconds);
     let mut shown = None;
     loop {
@@ -1212,7 +1197,7 @@ pub async fn wake(args: NameArgs) -> anyhow::Result<()> {
             args.name
         );
     }
-    request_wake(&host.client, &api, &args.name).await?;
+    request_wake(&api, &args.name).await?;
     let deadline = started + Duration::from_secs(args.wait_seconds);
     // The manager may not have seen the request yet: Ready from before counts only once the
     // cluster is no longer asleep.

@@ -527,6 +527,8 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     // (the Sleeping condition's transition time is when): a restarted manager carries on.
     let recorded = recorded_sleep(vc);
     let activity = last_activity(&ctx.client, &ns).await;
+    let updated: VirtualCluster;
+    let mut vc = vc;
     let decision = sleep::decide(&sleep::Facts {
         now: k8s_openapi::jiff::Timestamp::now(),
         paused: vc.spec.paused,
@@ -534,8 +536,18 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         recorded,
         last_activity: activity.map(|a| a.0),
         last_request: activity.and_then(|a| a.1),
-        sleep_requested: resolved.sleep_requested,
-        wake_requested: resolved.wake_requested,
+        sleep_requested: resolved.sleep_requested.is_some()
+            && resolved.sleep_requested
+                != vc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_sleep_request.clone()),
+        wake_requested: resolved.wake_requested.is_some()
+            && resolved.wake_requested
+                != vc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_wake_request.clone()),
         waiting: ctx.waker.as_ref().map_or(0, |w| w.waiting(&name)),
     });
     let want = decision.want;
@@ -551,7 +563,13 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
             ),
             sleep::Want::Paused => (Phase::Paused, "pausing".to_string()),
         };
-        set_status(ctx, vc, phase, message, Probe::None, Some(want)).await?;
+        let written = set_status(ctx, vc, phase, message, Probe::None, Some(want)).await?;
+        // What follows compares with what was just recorded (the transition time stays).
+        updated = VirtualCluster {
+            status: Some(written),
+            ..vc.clone()
+        };
+        vc = &updated;
         if want == sleep::Want::Awake && matches!(recorded, sleep::Recorded::Asleep { .. }) {
             // A request may be waiting: start the control plane before anything else.
             wake_now(ctx, vc, &ns, me).await?;
@@ -1073,9 +1091,11 @@ enum Probe {
 /// The `Sleeping` condition's type.
 pub const SLEEPING: &str = "Sleeping";
 
-/// Writes the status. `sleeping`: what the `Sleeping` condition records now (its transition
-/// time moves when its status or reason changes: that is when the cluster fell asleep or woke);
-/// `None` keeps what is recorded.
+/// Writes the status (and returns it as the object now has it). `sleeping`: what the
+/// `Sleeping` condition records now (its transition time moves when its status or reason
+/// changes: that is when the cluster fell asleep or woke), decided with the owner's current
+/// sleep and wake requests, which are therefore recorded as acted on; `None` keeps what is
+/// recorded.
 async fn set_status(
     ctx: &Context,
     vc: &VirtualCluster,
@@ -1083,17 +1103,35 @@ async fn set_status(
     message: String,
     probe: Probe,
     sleeping: Option<sleep::Want>,
-) -> Result<(), Error> {
+) -> Result<VirtualClusterStatus, Error> {
     let name = vc.metadata.name.clone().ok_or(Error::NoName)?;
     let old = vc.status.clone().unwrap_or_default();
     let generation = vc.metadata.generation;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let request = |annotation: &str| {
+        vc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotation).cloned())
+    };
+    let (observed_sleep_request, observed_wake_request) = match sleeping {
+        Some(_) => (
+            request(crate::api::SLEEP_REQUESTED_ANNOTATION),
+            request(crate::api::WAKE_REQUESTED_ANNOTATION),
+        ),
+        None => (
+            old.observed_sleep_request.clone(),
+            old.observed_wake_request.clone(),
+        ),
+    };
     let mut status = VirtualClusterStatus {
         phase: Some(phase),
         message: Some(message.clone()),
         conditions: Vec::new(),
         observed_generation: generation,
         owner: objects::owner(vc).map(str::to_string),
+        observed_sleep_request,
+        observed_wake_request,
         ..Default::default()
     };
     if let Probe::Endpoint { endpoint, version } = probe {
@@ -1163,17 +1201,20 @@ async fn set_status(
         && old.observed_generation == status.observed_generation
         && old.owner == status.owner
         && old.conditions == status.conditions
+        && old.observed_sleep_request == status.observed_sleep_request
+        && old.observed_wake_request == status.observed_wake_request
     {
-        return Ok(());
+        return Ok(old);
     }
     let api: Api<VirtualCluster> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+    Ok(written.status.unwrap_or(status))
 }
 
 /// An Event on the VirtualCluster (in namespace `default`, where Kubernetes keeps the events of

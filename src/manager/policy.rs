@@ -411,9 +411,9 @@ pub struct Resolved {
     pub credentials_not_before: Option<String>,
     /// `spec.sleepAfter` with the admin's default applied; `None`: never idle.
     pub sleep_after: Option<Duration>,
-    /// The owner's last `vkube sleep` and `vkube wake` (annotations).
-    pub sleep_requested: Option<k8s_openapi::jiff::Timestamp>,
-    pub wake_requested: Option<k8s_openapi::jiff::Timestamp>,
+    /// The owner's last `vkube sleep` and `vkube wake` (the annotations' values).
+    pub sleep_requested: Option<String>,
+    pub wake_requested: Option<String>,
 }
 
 /// What the check needs to know besides the cluster and the policy.
@@ -594,8 +594,8 @@ pub fn check(vc: &VirtualCluster, policy: &Policy, facts: &Facts) -> Result<Reso
     };
     let mut request = |annotation: &str, command: &str| {
         let text = vc.metadata.annotations.as_ref()?.get(annotation)?;
-        match request_time(text, facts.now) {
-            Ok(t) => Some(t),
+        match request_time(text) {
+            Ok(()) => Some(text.clone()),
             Err(e) => {
                 why.push(format!(
                     "annotation {annotation}: {e} (set it with `vkube {command} NAME`)"
@@ -658,19 +658,12 @@ fn resolve_sleep_after(
     }
 }
 
-/// An owner's request time (RFC 3339), at most 5 minutes ahead of the manager's clock: a
-/// request far in the future would outrank every wake until then.
-fn request_time(
-    text: &str,
-    now: time::OffsetDateTime,
-) -> Result<k8s_openapi::jiff::Timestamp, String> {
-    let t: k8s_openapi::jiff::Timestamp = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time"))?;
-    if t.as_second() > now.unix_timestamp() + 300 {
-        return Err(format!("{text} is in the future"));
-    }
-    Ok(t)
+/// An owner's request is the time it was made (RFC 3339). Only its value changing matters
+/// (the manager records the last value it acted on): no clocks are compared.
+fn request_time(text: &str) -> Result<(), String> {
+    text.parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|_| ())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time"))
 }
 
 fn with_defaults(asked: &TenantResources, defaults: &TenantResources) -> TenantResources {
@@ -1109,7 +1102,7 @@ placement:
     }
 
     #[test]
-    fn sleep_and_wake_requests_are_times_not_in_the_future() {
+    fn sleep_and_wake_requests_are_times() {
         let with = |annotation: &str, value: &str| {
             let mut v = vc("a", Default::default());
             v.metadata
@@ -1130,18 +1123,14 @@ placement:
         );
         let r = with(
             crate::api::WAKE_REQUESTED_ANNOTATION,
-            "2026-01-31T12:04:00+00:00",
+            "2026-01-31T12:04:00.123456789+00:00",
         )
         .unwrap();
         assert!(r.wake_requested.is_some());
         let Refusal(why) = with(crate::api::SLEEP_REQUESTED_ANNOTATION, "now").unwrap_err();
         assert!(why[0].contains("vkube sleep NAME"), "{why:?}");
-        let Refusal(why) = with(
-            crate::api::WAKE_REQUESTED_ANNOTATION,
-            "2026-02-01T00:00:00Z",
-        )
-        .unwrap_err();
-        assert!(why[0].contains("in the future"), "{why:?}");
+        let Refusal(why) = with(crate::api::WAKE_REQUESTED_ANNOTATION, "tomorrow").unwrap_err();
+        assert!(why[0].contains("vkube wake NAME"), "{why:?}");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! wakes it again (the manager's waker holds that connection meanwhile). *Paused* is a sleep no
 //! request ends. What is recorded, so that a restarted manager carries on where the last one
 //! stopped: the `Sleeping` condition (status and reason, and since when, in its transition
-//! time), the owner's requests (annotations with their times) and the last activity
-//! `vkube serve` published (a Lease in the host namespace).
+//! time), the owner's requests (annotations) with the last of each the manager acted on (in
+//! the status: a request is new when its value differs, so no clocks are compared), and the
+//! last activity `vkube serve` published (a Lease in the host namespace).
 
 use std::time::Duration;
 
@@ -71,9 +72,9 @@ pub struct Facts {
     pub last_activity: Option<Timestamp>,
     /// When the most recent request started, as published.
     pub last_request: Option<Timestamp>,
-    /// `vkube sleep`, `vkube wake`: when the owner asked last.
-    pub sleep_requested: Option<Timestamp>,
-    pub wake_requested: Option<Timestamp>,
+    /// `vkube sleep`, `vkube wake`: the owner asked since the manager last decided.
+    pub sleep_requested: bool,
+    pub wake_requested: bool,
     /// Connections the waker holds for this cluster (requests waiting for it).
     pub waiting: usize,
 }
@@ -133,10 +134,10 @@ fn after(x: Option<Timestamp>, t: Timestamp) -> bool {
 /// - asleep: a waiting connection, `vkube wake`, or (for an idle sleep) a request that started
 ///   later than the moment the sleep was decided (it reached the control plane while it fell
 ///   asleep) wakes it;
-/// - awake: a `vkube sleep` newer than the wake puts it to sleep, unless a request is waiting;
-///   otherwise it sleeps once `sleepAfter` has passed since the last use (the latest of the
-///   wake, the last activity and a `vkube wake`). vkube's own traffic is not activity (the
-///   proxy does not count it), so it never keeps a cluster awake.
+/// - awake: a new `vkube sleep` puts it to sleep, unless a request is waiting; otherwise it
+///   sleeps once `sleepAfter` has passed since the last use (the later of the wake and the
+///   last activity). vkube's own traffic is not activity (the proxy does not count it), so it
+///   never keeps a cluster awake.
 pub fn decide(f: &Facts) -> Decision {
     // A clock that runs ahead on the control plane's node must not postpone sleep forever.
     let activity = f.last_activity.map(|a| a.min(f.now));
@@ -161,7 +162,7 @@ pub fn decide(f: &Facts) -> Decision {
         Recorded::Asleep { reason, since } => {
             let cause = if f.waiting > 0 {
                 Cause::Request
-            } else if after(f.wake_requested, since) {
+            } else if f.wake_requested {
                 Cause::WakeRequested
             } else if reason == Reason::Idle && after(f.last_request, since) {
                 // The sleep was decided on news up to 30 s old: someone was using it. (A
@@ -186,7 +187,7 @@ pub fn decide(f: &Facts) -> Decision {
             recheck: f.sleep_after,
         };
     }
-    if after(f.sleep_requested, since) {
+    if f.sleep_requested {
         return Decision {
             want: Want::Asleep(Reason::Manual),
             cause: Cause::FallAsleep,
@@ -196,15 +197,7 @@ pub fn decide(f: &Facts) -> Decision {
     let Some(sleep_after) = f.sleep_after else {
         return Decision::stay(Want::Awake);
     };
-    let last_use = [
-        Some(since),
-        activity,
-        f.wake_requested.map(|w| w.min(f.now)),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(since);
+    let last_use = activity.map_or(since, |a| a.max(since));
     let idle = f.now.duration_since(last_use);
     let limit = SignedDuration::try_from(sleep_after).unwrap_or(SignedDuration::MAX);
     if idle >= limit {
@@ -314,8 +307,8 @@ mod tests {
             recorded,
             last_activity: None,
             last_request: None,
-            sleep_requested: None,
-            wake_requested: None,
+            sleep_requested: false,
+            wake_requested: false,
             waiting: 0,
         }
     }
@@ -401,30 +394,39 @@ mod tests {
             Cause::Unchanged,
         );
         row(
-            "vkube sleep after the wake: falls asleep at once",
+            "vkube sleep, even the same second it woke: falls asleep at once",
             Facts {
-                sleep_requested: Some(t(30)),
-                last_activity: Some(t(29)),
-                ..facts(31, awake(0))
+                sleep_requested: true,
+                last_activity: Some(t(0)),
+                ..facts(0, awake(0))
             },
             Want::Asleep(Reason::Manual),
             Cause::FallAsleep,
         );
         row(
-            "a vkube sleep from before the last wake is spent",
+            "vkube sleep while a request is held: the request wins",
             Facts {
-                sleep_requested: Some(t(-5)),
-                ..facts(30, awake(0))
+                sleep_requested: true,
+                waiting: 1,
+                ..facts(31, awake(0))
             },
             Want::Awake,
             Cause::Unchanged,
         );
         row(
-            "vkube sleep while a request is held: the request wins",
+            "vkube sleep while it falls asleep: nothing more to do",
             Facts {
-                sleep_requested: Some(t(30)),
-                waiting: 1,
-                ..facts(31, awake(0))
+                sleep_requested: true,
+                ..facts(601, asleep(Reason::Idle, 600))
+            },
+            Want::Asleep(Reason::Idle),
+            Cause::Unchanged,
+        );
+        row(
+            "vkube wake on an awake cluster: nothing to do",
+            Facts {
+                wake_requested: true,
+                ..facts(30, awake(0))
             },
             Want::Awake,
             Cause::Unchanged,
@@ -505,20 +507,11 @@ mod tests {
         row(
             "vkube wake: wakes",
             Facts {
-                wake_requested: Some(t(700)),
+                wake_requested: true,
                 ..facts(701, asleep(Reason::Manual, 600))
             },
             Want::Awake,
             Cause::WakeRequested,
-        );
-        row(
-            "a vkube wake from before the sleep is spent",
-            Facts {
-                wake_requested: Some(t(500)),
-                ..facts(701, asleep(Reason::Manual, 600))
-            },
-            Want::Asleep(Reason::Manual),
-            Cause::Unchanged,
         );
         row(
             "a manager restarted mid-wake: awake is recorded, the wake goes on",
@@ -537,7 +530,7 @@ mod tests {
             Facts {
                 paused: true,
                 waiting: 3,
-                wake_requested: Some(t(700)),
+                wake_requested: true,
                 last_activity: Some(t(700)),
                 ..facts(701, Recorded::Paused { since: t(600) })
             },
@@ -556,7 +549,7 @@ mod tests {
         row(
             "resumed: awake, whatever else",
             Facts {
-                sleep_requested: Some(t(700)),
+                sleep_requested: true,
                 ..facts(701, Recorded::Paused { since: t(600) })
             },
             Want::Awake,
