@@ -30,7 +30,15 @@ fn tenants_on_the_node(prefixes: &[&str], node_ip: &str) -> Vec<Tenant> {
         .map(|p| {
             let mut t = Tenant::new(p);
             t.listen_ip = "0.0.0.0".into();
-            t.extra_args = vec!["--advertise-address".into(), node_ip.into()];
+            // The real node's taint is one the admin lets tenants tolerate (the chart's value).
+            t.extra_args = [
+                "--advertise-address",
+                node_ip,
+                "--allow-toleration",
+                "vkube.dev/real-node:NoSchedule",
+            ]
+            .map(String::from)
+            .to_vec();
             t.spawn();
             t
         })

@@ -3,6 +3,7 @@
 //! VKUBE_E2E_HOST_KUBECONFIG and VKUBE_BIN_DIR.
 
 mod attack_classic;
+mod attack_custom;
 mod attack_egress;
 mod attack_ingress;
 mod attack_manager;
@@ -10,6 +11,7 @@ mod attack_network;
 mod attack_pods;
 mod cluster_read;
 mod common;
+mod custom_resources;
 mod networking;
 mod platform;
 mod pod_streams;

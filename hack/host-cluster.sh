@@ -149,6 +149,20 @@ KC
   chmod 600 "$1"
 }
 
+# The CSI snapshot CRDs, as a host with a CSI snapshot controller has them (for the
+# VolumeSnapshot sync tests), from the external-snapshotter client Go module.
+install_snapshot_crds() { # kubectl
+  local dir
+  dir="$(go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_CLIENT_VERSION" \
+    | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')" || die "downloading the snapshot CRDs failed"
+  [[ -d "$dir/config/crd" ]] || die "no config/crd in the external-snapshotter client module ($dir)"
+  local f
+  for f in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+    "$1" --kubeconfig "$DIR/kubeconfig" apply -f "$dir/config/crd/snapshot.storage.k8s.io_$f.yaml" >/dev/null \
+      || die "installing the $f CRD failed"
+  done
+}
+
 nodes_ready() { # kubectl count: true once `count` nodes report Ready
   local ready
   ready="$("$1" --kubeconfig "$DIR/kubeconfig" get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')" || return 1
@@ -257,6 +271,7 @@ NODE
     || die "kwok nodes did not become Ready (logs: $LOGS)"
   wait_for "default service account" 30 "$kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default \
     || die "controller-manager did not create the default ServiceAccount (logs: $LOGS)"
+  install_snapshot_crds "$kubectl"
   for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
     alive "$name" || die "$name exited (log: $LOGS/$name.log)"
   done

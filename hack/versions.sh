@@ -17,5 +17,9 @@ HELM_VERSION="${HELM_VERSION:-v3.20.2}"
 # security reports (in its BGP/service-proxy parts and dependencies), acceptable in a throwaway
 # test node that only enforces policies and is never exposed.
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+# The CSI snapshot CRDs (VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent) installed on
+# the host cluster for vkube's VolumeSnapshot sync, read from this Go module's config/crd/ as
+# upstream ships them (no snapshot controller runs: the tests play its part).
+SNAPSHOTTER_CLIENT_VERSION="${SNAPSHOTTER_CLIENT_VERSION:-v8.7.0}"
 VKUBE_CACHE="${VKUBE_CACHE:-$HOME/.cache/vkube}"
 VKUBE_BIN="${VKUBE_BIN:-$VKUBE_CACHE/$K8S_VERSION/bin}"

@@ -122,6 +122,10 @@ pub struct SyncerOptions {
     pub storage_sync: syncer::StorageSync,
     /// The admin's egress ranges for tenant pods.
     pub egress: EgressPolicy,
+    /// Custom kinds synced down, host kinds shown read-only, VolumeSnapshots.
+    pub custom_kinds: Vec<crate::translate::custom::CustomKind>,
+    pub host_kinds: Vec<crate::translate::custom::HostKind>,
+    pub volume_snapshots: bool,
 }
 
 /// Runs until `shutdown` resolves, then stops everything in order.
@@ -496,6 +500,9 @@ pub async fn run(
                 },
             },
             shared_stores: shared_stores.clone(),
+            custom_kinds: o.custom_kinds.clone(),
+            host_kinds: o.host_kinds.clone(),
+            volume_snapshots: o.volume_snapshots,
             ..SyncerConfig::new(tenant.clone())
         };
         let virt = virt_client.clone();

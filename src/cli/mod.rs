@@ -326,6 +326,33 @@ struct ServeArgs {
     /// node networks where they lie outside the private ranges.
     #[arg(long = "egress-deny-cidr")]
     egress_deny_cidrs: Vec<vkube::translate::endpoints::Cidr>,
+    /// A namespaced custom resource kind synced to the host (repeatable):
+    /// `GROUP/VERSION/KIND[:PATH=KIND,...]`, e.g.
+    /// `cert-manager.io/v1/Certificate:spec.secretName=Secret,spec.issuerRef.name=Issuer.cert-manager.io`.
+    /// Each PATH (dot-separated, `[]` after a list) holds a name of the same namespace: Secret,
+    /// ConfigMap, Service, PersistentVolumeClaim or KIND.GROUP of another synced kind (translated
+    /// to the tenant's copy; Secrets and ConfigMaps are synced with it), Selector (a label
+    /// selector, confined to the namespace) or `-` (must be empty). The host must serve the
+    /// kind and vkube's Role must allow it in the host namespace.
+    #[arg(long = "sync-custom-resource", value_name = "SPEC")]
+    sync_custom_resources: Vec<vkube::translate::custom::CustomKind>,
+    /// A cluster-scoped host kind shown read-only in the virtual cluster, `GROUP/VERSION/KIND`
+    /// (repeatable; e.g. networking.k8s.io/v1/IngressClass). Needs the ClusterRole of
+    /// manifests/serve-cluster-rbac.yaml (with a rule for the kind).
+    #[arg(long = "show-host-kind", value_name = "GROUP/VERSION/KIND")]
+    show_host_kinds: Vec<vkube::translate::custom::HostKind>,
+    /// Sync VolumeSnapshots (snapshot.storage.k8s.io/v1, the CSI snapshot CRDs must be on the
+    /// host), show the host's VolumeSnapshotClasses read-only, and let claims be restored from
+    /// the tenant's snapshots.
+    #[arg(long)]
+    sync_volume_snapshots: bool,
+    /// Host PriorityClass tenant pods may use (repeatable); shown read-only in the virtual
+    /// cluster. A pod naming another class gets --default-priority-class (or none).
+    #[arg(long = "allow-priority-class", value_name = "NAME")]
+    allow_priority_classes: Vec<String>,
+    /// The class a pod naming a class not allowed gets instead (one of --allow-priority-class).
+    #[arg(long, value_name = "NAME")]
+    default_priority_class: Option<String>,
     /// What the virtual API server may connect to for the tenant (proxy subresources,
     /// webhooks, aggregated APIs, kubelets): `tenant` (its own host pods and Services, and
     /// --endpoint-allow-cidr ranges), `allow-public` (also public internet addresses, for
@@ -481,6 +508,13 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
     {
         tracing::warn!(%suffix, "the ingress host suffix does not contain the tenant's name as a label: make sure no other tenant has the same or an enclosing suffix");
     }
+    if let Some(d) = &args.default_priority_class
+        && !args.allow_priority_classes.contains(d)
+    {
+        anyhow::bail!(
+            "--default-priority-class {d} is not one of --allow-priority-class: allow it too"
+        );
+    }
     let binaries = Binaries {
         etcd: find_binary(args.etcd_bin, args.bin_dir.as_ref(), "etcd")?,
         kube_apiserver: find_binary(
@@ -542,7 +576,14 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
                 args.allow_tolerations,
                 args.pod_tolerations,
                 args.allow_runtime_classes,
+            )
+            .with_priority_classes(
+                args.allow_priority_classes.into_iter().collect(),
+                args.default_priority_class,
             ),
+            custom_kinds: args.sync_custom_resources,
+            host_kinds: args.show_host_kinds,
+            volume_snapshots: args.sync_volume_snapshots,
             metadata: vkube::translate::MetadataPolicy::widened(
                 args.allow_labels,
                 args.allow_annotations,

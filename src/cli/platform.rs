@@ -613,6 +613,19 @@ pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
         args.name
     );
     let deadline = started + Duration::from_secs(args.wait_seconds);
+    // Keep the server of an existing context (it may be a port-forward of `vkube connect`).
+    let context = vkube::kubeconfig::context_name(&args.name);
+    let existing = host
+        .file
+        .exists()
+        .then(|| Kubeconfig::read_from(&host.file).ok())
+        .flatten()
+        .and_then(|kc| {
+            kc.clusters
+                .into_iter()
+                .find(|c| c.name == context)
+                .and_then(|c| c.cluster?.server)
+        });
     let vc = loop {
         let vc = api
             .get(&args.name)
@@ -623,10 +636,19 @@ pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
             bail!("{}", status.message.unwrap_or_default());
         }
         let fresh = match fetch_kubeconfig(&host.client, &vc).await {
-            Ok(yaml) => client_cert_not_before(&yaml).is_some_and(|t| t.unix_timestamp() >= now),
-            Err(_) => false,
+            Ok(yaml)
+                if client_cert_not_before(&yaml).is_some_and(|t| t.unix_timestamp() >= now) =>
+            {
+                Some(yaml)
+            }
+            _ => None,
         };
-        if fresh && status.phase == Some(Phase::Ready) {
+        // The phase may still be the Ready of the control plane before its restart: the new
+        // certificate must really be answered where the user's kubeconfig points.
+        if let Some(yaml) = fresh
+            && status.phase == Some(Phase::Ready)
+            && answers_readyz(&yaml, existing.as_deref()).await
+        {
             break vc;
         }
         if Instant::now() > deadline {
@@ -643,19 +665,6 @@ pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    // Keep the server of an existing context (it may be a port-forward of `vkube connect`).
-    let context = vkube::kubeconfig::context_name(&args.name);
-    let existing = host
-        .file
-        .exists()
-        .then(|| Kubeconfig::read_from(&host.file).ok())
-        .flatten()
-        .and_then(|kc| {
-            kc.clusters
-                .into_iter()
-                .find(|c| c.name == context)
-                .and_then(|c| c.cluster?.server)
-        });
     if let Some(server) = existing {
         write_context(
             &host,
@@ -680,6 +689,34 @@ pub async fn rotate_credentials(args: RotateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the tenant API answers `/readyz` to `yaml`'s credentials, at `server` if given (the
+/// user's context may reach it through a port-forward) or at the kubeconfig's own.
+async fn answers_readyz(yaml: &str, server: Option<&str>) -> bool {
+    let Ok(mut kc) = Kubeconfig::from_yaml(yaml) else {
+        return false;
+    };
+    if let Some(server) = server {
+        for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+            c.server = Some(server.to_string());
+        }
+    }
+    let Ok(config) =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await
+    else {
+        return false;
+    };
+    let Ok(client) = kube::Client::try_from(config) else {
+        return false;
+    };
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await,
+        Ok(Ok(body)) if body.trim() == "ok"
+    )
 }
 
 pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {

@@ -668,6 +668,19 @@ fn tenant_policy_args(policy: &Policy) -> Vec<String> {
     repeat("--allow-runtime-class", &t.allowed_runtime_classes);
     repeat("--allow-label", &t.allowed_labels);
     repeat("--allow-annotation", &t.allowed_annotations);
+    repeat("--allow-priority-class", &t.allowed_priority_classes);
+    let custom: Vec<String> = policy.custom_resources.iter().map(|c| c.flag()).collect();
+    repeat("--sync-custom-resource", &custom);
+    repeat("--show-host-kind", &policy.show_host_kinds);
+    if !t.default_priority_class.is_empty() {
+        args.extend([
+            "--default-priority-class".into(),
+            t.default_priority_class.clone(),
+        ]);
+    }
+    if policy.volume_snapshots {
+        args.push("--sync-volume-snapshots".into());
+    }
     if !policy.ingress.host_suffix.is_empty() {
         // The template itself: `vkube serve` puts the tenant's name in.
         args.extend([
@@ -761,6 +774,20 @@ mod tests {
         p.ingress.host_suffix = "{name}.apps.example.com".into();
         p.services.allow_external_name = true;
         p.apiserver_egress = "allow-public".into();
+        p.tenant_pods.allowed_priority_classes = vec!["tenant-low".into(), "tenant-high".into()];
+        p.tenant_pods.default_priority_class = "tenant-low".into();
+        p.custom_resources = vec![crate::manager::policy::CustomResourceValues {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: "Widget".into(),
+            resource: "widgets".into(),
+            references: vec![crate::manager::policy::ReferenceValues {
+                path: "spec.secretRef.name".into(),
+                kind: "Secret".into(),
+            }],
+        }];
+        p.volume_snapshots = true;
+        p.show_host_kinds = vec!["networking.k8s.io/v1/IngressClass".into()];
         let r = check(&vc, &p, &Facts::new(0)).unwrap();
         let sts: StatefulSet =
             serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
@@ -781,6 +808,11 @@ mod tests {
             "--ingress-host-suffix {name}.apps.example.com",
             "--allow-external-name",
             "--apiserver-egress allow-public",
+            "--allow-priority-class tenant-low --allow-priority-class tenant-high",
+            "--default-priority-class tenant-low",
+            "--sync-custom-resource example.com/v1/Widget:spec.secretRef.name=Secret",
+            "--show-host-kind networking.k8s.io/v1/IngressClass",
+            "--sync-volume-snapshots",
         ] {
             assert!(args.contains(want), "{want} missing from {args}");
         }

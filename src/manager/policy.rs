@@ -82,6 +82,16 @@ pub struct Policy {
     /// tenant, allow-public or unrestricted).
     #[serde(default = "default_apiserver_egress")]
     pub apiserver_egress: String,
+    /// Custom resource kinds every tenant's objects are synced to the host for (chart value
+    /// `policy.customResources`): `--sync-custom-resource`, and a rule each in `vkube-serve`.
+    #[serde(default)]
+    pub custom_resources: Vec<CustomResourceValues>,
+    /// `--sync-volume-snapshots` (chart value `policy.volumeSnapshots`).
+    #[serde(default)]
+    pub volume_snapshots: bool,
+    /// `--show-host-kind`: cluster-scoped host kinds shown read-only (`GROUP/VERSION/KIND`).
+    #[serde(default)]
+    pub show_host_kinds: Vec<String>,
     /// When idle clusters sleep (chart value `policy.sleepAfter`).
     #[serde(default)]
     pub sleep_after: SleepAfterPolicy,
@@ -130,6 +140,44 @@ impl SleepAfterPolicy {
     }
 }
 
+/// One custom resource kind of `policy.customResources`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomResourceValues {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// The plural resource name (for the RBAC rule the chart adds to `vkube-serve`).
+    pub resource: String,
+    /// Field paths holding names of the same namespace, and what they name.
+    #[serde(default)]
+    pub references: Vec<ReferenceValues>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceValues {
+    pub path: String,
+    pub kind: String,
+}
+
+impl CustomResourceValues {
+    /// The `--sync-custom-resource` value.
+    pub fn flag(&self) -> String {
+        let mut s = format!("{}/{}/{}", self.group, self.version, self.kind);
+        let refs: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{}={}", r.path, r.kind))
+            .collect();
+        if !refs.is_empty() {
+            s.push(':');
+            s.push_str(&refs.join(","));
+        }
+        s
+    }
+}
+
 /// Widenings of the syncer's pod and metadata policy; each list becomes a repeated flag.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -158,6 +206,12 @@ pub struct TenantPodValues {
     /// `--allow-annotation`: annotation keys copied to the host unchanged.
     #[serde(default)]
     pub allowed_annotations: Vec<String>,
+    /// `--allow-priority-class`: host PriorityClasses tenant pods may name.
+    #[serde(default)]
+    pub allowed_priority_classes: Vec<String>,
+    /// `--default-priority-class`: what a pod naming another class gets (empty: none).
+    #[serde(default)]
+    pub default_priority_class: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -319,6 +373,31 @@ impl Policy {
         self.apiserver_egress
             .parse::<crate::egress::EgressMode>()
             .map_err(|e| invalid("apiserverEgress", e))?;
+        if !t.default_priority_class.is_empty()
+            && !t
+                .allowed_priority_classes
+                .contains(&t.default_priority_class)
+        {
+            return Err(invalid(
+                "tenantPods.defaultPriorityClass",
+                "must be one of tenantPods.allowedPriorityClasses".into(),
+            ));
+        }
+        for c in &self.custom_resources {
+            c.flag()
+                .parse::<crate::translate::custom::CustomKind>()
+                .map_err(|e| invalid("customResources", e))?;
+            if c.resource.is_empty() {
+                return Err(invalid(
+                    "customResources",
+                    format!("{}: resource (the plural name) is needed", c.kind),
+                ));
+            }
+        }
+        for k in &self.show_host_kinds {
+            k.parse::<crate::translate::custom::HostKind>()
+                .map_err(|e| invalid("showHostKinds", e))?;
+        }
         Ok(())
     }
 

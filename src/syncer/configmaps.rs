@@ -22,6 +22,9 @@ impl Referenced for ConfigMap {
     fn names(refs: References) -> BTreeSet<String> {
         refs.config_maps
     }
+    fn from_custom(refs: translate::custom::CustomReferences) -> BTreeSet<String> {
+        refs.config_maps
+    }
     fn to_host(&self, tenant: &Tenant) -> Self {
         translate::configmap::to_host(self, tenant)
     }

@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
 use super::{
-    Context, endpoints, endpointslices, ingresses, networkpolicies, nodes, pods, pvcs, referenced,
-    services,
+    Context, endpoints, endpointslices, ingresses, networkpolicies, nodes, pdbs, pods, pvcs,
+    referenced, services,
 };
 use crate::translate;
 
@@ -79,13 +80,24 @@ pub async fn sweep(ctx: &Context) {
                 .map(|n| (ns.clone(), n)),
         );
     }
-    let host_cms: Api<ConfigMap> = ctx.host_api();
-    for cm in referenced::orphans::<ConfigMap>(ctx, &referenced_cms) {
-        delete(&host_cms, cm.as_ref(), "configmap").await;
+    for (ns, refs) in ctx.custom.references() {
+        referenced_cms.extend(refs.config_maps.into_iter().map(|n| (ns.clone(), n)));
+        referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
     }
-    let host_secrets: Api<Secret> = ctx.host_api();
-    for s in referenced::orphans::<Secret>(ctx, &referenced_secrets) {
-        delete(&host_secrets, s.as_ref(), "secret").await;
+    // Until every custom kind's objects are known, their references are not.
+    if ctx.custom.settled() {
+        let host_cms: Api<ConfigMap> = ctx.host_api();
+        for cm in referenced::orphans::<ConfigMap>(ctx, &referenced_cms) {
+            delete(&host_cms, cm.as_ref(), "configmap").await;
+        }
+        let host_secrets: Api<Secret> = ctx.host_api();
+        for s in referenced::orphans::<Secret>(ctx, &referenced_secrets) {
+            delete(&host_secrets, s.as_ref(), "secret").await;
+        }
+    }
+    let host_budgets: Api<PodDisruptionBudget> = ctx.host_api();
+    for b in pdbs::orphans(ctx) {
+        delete(&host_budgets, b.as_ref(), "poddisruptionbudget").await;
     }
     services::restore(ctx).await;
     let host_services: Api<Service> = ctx.host_api();

@@ -11,6 +11,7 @@ pub mod addresses;
 pub mod apply;
 pub mod backlog;
 pub mod configmaps;
+pub mod custom;
 pub mod endpoints;
 pub mod endpointslices;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod host_pod;
 pub mod ingresses;
 pub mod networkpolicies;
 pub mod nodes;
+pub mod pdbs;
 pub mod pods;
 pub mod pvcs;
 pub mod referenced;
@@ -42,6 +44,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -154,6 +157,13 @@ pub struct SyncerConfig {
     pub network: crate::translate::networkpolicy::TenantNetwork,
     /// Where the stores are published once complete (read by the API server's egress guard).
     pub shared_stores: addresses::SharedStores,
+    /// Namespaced custom kinds synced down (`--sync-custom-resource`).
+    pub custom_kinds: Vec<crate::translate::custom::CustomKind>,
+    /// Cluster-scoped host kinds shown read-only (`--show-host-kind`).
+    pub host_kinds: Vec<crate::translate::custom::HostKind>,
+    /// VolumeSnapshots synced, their classes shown, and claims restored from them
+    /// (`--sync-volume-snapshots`).
+    pub volume_snapshots: bool,
 }
 
 impl SyncerConfig {
@@ -176,7 +186,37 @@ impl SyncerConfig {
             storage_sync: StorageSync::default(),
             network: Default::default(),
             shared_stores: addresses::SharedStores::default(),
+            custom_kinds: Vec::new(),
+            host_kinds: Vec::new(),
+            volume_snapshots: false,
         }
+    }
+
+    /// Every custom kind synced down: the configured ones and, with volume snapshots on, the
+    /// VolumeSnapshot.
+    pub fn synced_custom_kinds(&self) -> Vec<crate::translate::custom::CustomKind> {
+        let mut kinds = self.custom_kinds.clone();
+        if self.volume_snapshots {
+            kinds.push(crate::translate::custom::CustomKind::volume_snapshot());
+        }
+        kinds
+    }
+
+    /// Every host kind shown read-only: the configured ones, the priority classes tenants may
+    /// use, and with volume snapshots on their classes.
+    pub fn mirrored_host_kinds(&self) -> Vec<crate::translate::custom::HostKind> {
+        use crate::translate::custom::HostKind;
+        let mut kinds = self.host_kinds.clone();
+        let placement = &self.pod_policy.placement;
+        if !placement.priority_classes.is_empty() {
+            let mut names = placement.priority_classes.clone();
+            names.extend(placement.default_priority_class.clone());
+            kinds.push(HostKind::priority_classes(names));
+        }
+        if self.volume_snapshots {
+            kinds.push(HostKind::volume_snapshot_classes());
+        }
+        kinds
     }
 }
 
@@ -216,6 +256,8 @@ pub struct Stores {
     pub host_network_policies: Store<NetworkPolicy>,
     /// Virtual namespaces (their labels decide what a namespaceSelector peer selects).
     pub virtual_namespaces: Store<Namespace>,
+    pub virtual_budgets: Store<PodDisruptionBudget>,
+    pub host_budgets: Store<PodDisruptionBudget>,
 }
 
 /// Shared by every controller.
@@ -237,6 +279,8 @@ pub struct Context {
     /// Virtual pods the syncer has not tried to create on the host yet.
     pub backlog: Arc<backlog::Backlog>,
     pub bindings: Arc<pods::PendingBindings>,
+    /// The custom kinds synced by configuration, once set up.
+    pub custom: custom::Registry,
 }
 
 impl Context {
@@ -325,6 +369,18 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_on(&obj.object_ref(&()), type_, reason, note)
+            .await
+    }
+
+    /// [`Context::event`] for an object known by reference (dynamic kinds).
+    pub async fn event_on(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -332,8 +388,8 @@ impl Context {
             action: "Sync".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, object = %obj.name_any(), "could not record event");
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(error = %e, object = ?reference.name, "could not record event");
         }
     }
 }
@@ -356,7 +412,7 @@ fn fit_note(mut note: String) -> String {
 
 /// Removes fields the syncer never reads before an object is cached: a large share of an
 /// object's bytes (managedFields alone are often half).
-fn trim<K: Resource>(obj: &mut K) {
+pub(crate) fn trim<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
@@ -636,6 +692,14 @@ pub async fn run(
     let (np_main, np_main_rx) = unbounded::<Result<NetworkPolicy, watcher::Error>>();
     let (np_requeue, np_requeue_rx) = unbounded::<ObjectRef<NetworkPolicy>>();
     let allowances_trigger = Arc::new(Notify::new());
+    let (pdb_main, pdb_main_rx) = unbounded::<Result<PodDisruptionBudget, watcher::Error>>();
+    let (pdb_requeue, pdb_requeue_rx) = unbounded::<ObjectRef<PodDisruptionBudget>>();
+    let custom_kinds = config.synced_custom_kinds();
+    let host_kinds = config.mirrored_host_kinds();
+    let reference_requeues = custom::ReferenceRequeues {
+        secrets: secret_requeue.clone(),
+        config_maps: cm_requeue.clone(),
+    };
 
     // A pod's references re-trigger the configmaps and secrets it uses.
     // New virtual pods join the backlog the moment the watch reports them; bound ones leave
@@ -941,6 +1005,17 @@ pub async fn run(
         vec![labels_changed],
     );
 
+    let (virtual_budgets, r28, d28) = watched_store(
+        Api::<PodDisruptionBudget>::all(virt.clone()),
+        all.clone(),
+        vec![main_trigger(pdb_main, gc.clone())],
+    );
+    let (host_budgets, r29, d29) = watched_store(
+        Api::<PodDisruptionBudget>::namespaced(host.clone(), &host_ns),
+        owned.clone(),
+        vec![owner_trigger(pdb_requeue, gc.clone())],
+    );
+
     let stores = Stores {
         virtual_pods,
         host_pods,
@@ -969,6 +1044,8 @@ pub async fn run(
         virtual_network_policies,
         host_network_policies,
         virtual_namespaces,
+        virtual_budgets,
+        host_budgets,
     };
     let (ready_tx, ready) = watch::channel(false);
     let recorder = Recorder::new(
@@ -990,14 +1067,17 @@ pub async fn run(
         recreating: Mutex::new(HashSet::new()),
         backlog: pod_backlog,
         bindings,
+        custom: custom::Registry::new(custom_kinds.len()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut drivers = vec![
         d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15, d16, d17, d25, d26, d27,
+        d28, d29,
     ];
     let mut readies = vec![
         r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r25, r26, r27,
+        r28, r29,
     ];
     if real_nodes {
         drivers.push(d18);
@@ -1011,12 +1091,28 @@ pub async fn run(
         tasks.spawn(nodes::hide_mirrors(ctx.clone()));
     }
     if storage_on {
-        drivers.extend([d19, d20, d21, d22, d23, d24]);
-        readies.extend([r19, r20, r21, r22, r23, r24]);
+        drivers.extend([d19, d20, d21, d22]);
+        readies.extend([r19, r20, r21, r22]);
         tasks.spawn(storage::run(ctx.clone(), storage_trigger.clone()));
     } else {
         tasks.spawn(storage::remove_all(ctx.clone()));
     }
+    // The read-only policy guards every kind of mirror.
+    if storage_on || !host_kinds.is_empty() {
+        drivers.extend([d23, d24]);
+        readies.extend([r23, r24]);
+    }
+    for kind in custom_kinds {
+        tasks.spawn(custom::run_kind(
+            ctx.clone(),
+            kind,
+            reference_requeues.clone(),
+        ));
+    }
+    for kind in host_kinds {
+        tasks.spawn(custom::run_mirror(ctx.clone(), kind));
+    }
+    tasks.spawn(pdbs::controller(ctx.clone(), pdb_main_rx, pdb_requeue_rx));
     for d in drivers {
         tasks.spawn(d);
     }

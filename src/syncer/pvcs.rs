@@ -37,22 +37,23 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let tenant = ctx.tenant();
-    let translated = match translate::pvc::to_host(&vclaim, tenant) {
-        Ok(t) => t,
-        Err(refused) => {
-            // Nothing reaches the host; an earlier copy (made before the refusal existed) is
-            // left to the tenant to delete, as the claim may hold data.
-            let list: Vec<String> = refused.iter().map(|v| v.to_string()).collect();
-            ctx.event(
-                vclaim.as_ref(),
-                EventType::Warning,
-                "HostPolicyViolation",
-                format!("not created on the host: {}", list.join("; ")),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-    };
+    let translated =
+        match translate::pvc::to_host_with(&vclaim, tenant, ctx.config.volume_snapshots) {
+            Ok(t) => t,
+            Err(refused) => {
+                // Nothing reaches the host; an earlier copy (made before the refusal existed) is
+                // left to the tenant to delete, as the claim may hold data.
+                let list: Vec<String> = refused.iter().map(|v| v.to_string()).collect();
+                ctx.event(
+                    vclaim.as_ref(),
+                    EventType::Warning,
+                    "HostPolicyViolation",
+                    format!("not created on the host: {}", list.join("; ")),
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
+        };
     let desired = translated.claim;
     let host_name = desired.name_any();
     let api: Api<PersistentVolumeClaim> = ctx.host_api();

@@ -39,6 +39,8 @@ pub trait Referenced:
         false
     }
     fn to_host(&self, tenant: &Tenant) -> Self;
+    /// Of what custom objects refer to, the names of this kind.
+    fn from_custom(refs: crate::translate::custom::CustomReferences) -> BTreeSet<String>;
 }
 
 pub fn controller<K: Referenced>(
@@ -56,6 +58,11 @@ fn referenced<K: Referenced>(ctx: &Context, namespace: &str, name: &str) -> bool
         p.metadata.namespace.as_deref() == Some(namespace)
             && K::names(translate::pod::references(p)).contains(name)
     }) || K::referenced_elsewhere(&ctx.stores, namespace, name)
+        || ctx
+            .custom
+            .references()
+            .into_iter()
+            .any(|(ns, refs)| ns == namespace && K::from_custom(refs).contains(name))
 }
 
 async fn reconcile<K: Referenced>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, SyncError> {

@@ -30,6 +30,9 @@ impl Referenced for Secret {
                 && translate::ingress::referenced_secrets(i).contains(name)
         })
     }
+    fn from_custom(refs: translate::custom::CustomReferences) -> BTreeSet<String> {
+        refs.secrets
+    }
     fn to_host(&self, tenant: &Tenant) -> Self {
         translate::secret::to_host(self, tenant)
     }

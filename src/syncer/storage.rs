@@ -284,7 +284,9 @@ async fn point_claim_at(
 
 /// The admission policy that makes the mirrors read-only (pure). CEL runs in the virtual API
 /// server, no webhook; it binds cluster admins too, which RBAC cannot.
-pub fn read_only_policy() -> serde_json::Value {
+/// `mirrored`: the (group, resource) of every other host kind shown (`--show-host-kind`, priority
+/// and snapshot classes).
+pub fn read_only_policy(mirrored: &[(String, String)]) -> serde_json::Value {
     let rule = |group: &str, resources: &[&str]| {
         serde_json::json!({
             "apiGroups": [group],
@@ -293,16 +295,22 @@ pub fn read_only_policy() -> serde_json::Value {
             "resources": resources,
         })
     };
+    let mut rules = vec![
+        rule("", &["persistentvolumes", "persistentvolumes/status"]),
+        rule("storage.k8s.io", &["storageclasses"]),
+    ];
+    for (group, resource) in mirrored {
+        if !(group == "storage.k8s.io" && resource == "storageclasses") {
+            rules.push(rule(group, &[resource.as_str()]));
+        }
+    }
     serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
         "metadata": { "name": POLICY_NAME, "labels": vkube_labels() },
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": { "resourceRules": [
-                rule("", &["persistentvolumes", "persistentvolumes/status"]),
-                rule("storage.k8s.io", &["storageclasses"]),
-            ]},
+            "matchConstraints": { "resourceRules": rules },
             // Only the mirrors: the tenant's own classes and volumes are theirs to change.
             "matchConditions": [{
                 "name": "host-mirror",
@@ -337,9 +345,10 @@ fn vkube_labels() -> serde_json::Value {
 
 /// (Re-)creates the policy and its binding when missing or changed (a tenant admin may delete
 /// them; their watches wake this loop).
-async fn ensure_policy(ctx: &Context) -> Result<(), SyncError> {
+pub(crate) async fn ensure_policy(ctx: &Context) -> Result<(), SyncError> {
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(ctx.mirror_writer.clone());
-    ensure_stamped(&policies, &ctx.stores.virtual_policies, read_only_policy()).await?;
+    let policy = read_only_policy(&ctx.custom.mirrored());
+    ensure_stamped(&policies, &ctx.stores.virtual_policies, policy).await?;
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(ctx.mirror_writer.clone());
     ensure_stamped(
         &bindings,
@@ -383,7 +392,11 @@ mod tests {
 
     #[test]
     fn the_policy_binds_only_the_mirrors_and_spares_only_vkube() {
-        let p: ValidatingAdmissionPolicy = serde_json::from_value(read_only_policy()).unwrap();
+        let p: ValidatingAdmissionPolicy = serde_json::from_value(read_only_policy(&[(
+            "scheduling.k8s.io".into(),
+            "priorityclasses".into(),
+        )]))
+        .unwrap();
         let spec = p.spec.unwrap();
         let cond = &spec.match_conditions.unwrap()[0].expression;
         assert!(cond.contains(HOST_MIRROR) && cond.contains("oldObject"));
@@ -397,7 +410,8 @@ mod tests {
             [
                 "persistentvolumes",
                 "persistentvolumes/status",
-                "storageclasses"
+                "storageclasses",
+                "priorityclasses"
             ]
         );
         for r in &rules {

@@ -7,12 +7,14 @@
 //! The reverse mapping never parses names: host objects carry their origin in labels/annotations.
 
 pub mod configmap;
+pub mod custom;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod fields;
 pub mod ingress;
 pub mod networkpolicy;
 pub mod node;
+pub mod pdb;
 pub mod placement;
 pub mod pod;
 pub mod pv;

@@ -120,6 +120,12 @@ pub struct PlacementPolicy {
     pub allowed_tolerations: Vec<TolerationSpec>,
     /// `runtimeClassName`s tenants may use (`--allow-runtime-class`).
     pub runtime_classes: BTreeSet<String>,
+    /// Host PriorityClasses tenant pods may name (`--allow-priority-class`); shown read-only in
+    /// the virtual cluster.
+    pub priority_classes: BTreeSet<String>,
+    /// What a pod naming any other class gets instead (`--default-priority-class`, one of
+    /// `priority_classes`); without it such a pod gets the host's default priority.
+    pub default_priority_class: Option<String>,
 }
 
 impl Default for PlacementPolicy {
@@ -132,6 +138,8 @@ impl Default for PlacementPolicy {
                 .filter_map(|t| t.parse().ok())
                 .collect(),
             runtime_classes: BTreeSet::new(),
+            priority_classes: BTreeSet::new(),
+            default_priority_class: None,
         }
     }
 }
@@ -204,6 +212,29 @@ pub fn apply(spec: &mut PodSpec, policy: &PlacementPolicy) -> (Vec<Violation>, V
     }
     spec.tolerations = Some(tolerations).filter(|t| !t.is_empty());
 
+    // Priority decides who the host scheduler evicts to make room: a tenant may only name a
+    // host class the admin listed. A class the tenant made itself (any value it likes) or an
+    // unlisted host class (`system-cluster-critical`) becomes the admin's default, never more.
+    // The host's admission sets the priority value from the host's class.
+    if let Some(class) = spec.priority_class_name.take().filter(|c| !c.is_empty()) {
+        if policy.priority_classes.contains(&class) {
+            spec.priority_class_name = Some(class);
+        } else {
+            spec.priority_class_name = policy.default_priority_class.clone();
+            let instead = match &policy.default_priority_class {
+                Some(d) => format!("the pod gets the host's class {d:?} instead"),
+                None => "the pod gets the host's default priority".into(),
+            };
+            dropped.push(Violation {
+                field: "spec.priorityClassName".into(),
+                message: format!(
+                    "priority class {class:?} is not one the host lets tenants use ({}); {instead}",
+                    listed(&policy.priority_classes)
+                ),
+            });
+        }
+    }
+
     if let Some(class) = &spec.runtime_class_name
         && !policy.runtime_classes.contains(class)
     {
@@ -215,6 +246,15 @@ pub fn apply(spec: &mut PodSpec, policy: &PlacementPolicy) -> (Vec<Violation>, V
         });
     }
     (refused, dropped)
+}
+
+fn listed(names: &BTreeSet<String>) -> String {
+    if names.is_empty() {
+        "none are allowed".into()
+    } else {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        format!("allowed: {}", names.join(", "))
+    }
 }
 
 fn describe(t: &Toleration) -> String {
@@ -394,6 +434,39 @@ mod tests {
             terms[0].match_fields.as_ref().unwrap()[0].values,
             Some(vec!["node-7".into()])
         );
+    }
+
+    #[test]
+    fn only_the_admins_priority_classes_reach_the_host_and_others_get_the_default() {
+        let policy = PlacementPolicy {
+            priority_classes: BTreeSet::from(["tenant-low".into(), "tenant-high".into()]),
+            default_priority_class: Some("tenant-low".into()),
+            ..Default::default()
+        };
+        let with = |class: &str| PodSpec {
+            priority_class_name: Some(class.into()),
+            ..Default::default()
+        };
+        let mut spec = with("tenant-high");
+        let (refused, dropped) = apply(&mut spec, &policy);
+        assert!(refused.is_empty() && dropped.is_empty());
+        assert_eq!(spec.priority_class_name.as_deref(), Some("tenant-high"));
+        // A class the tenant made itself (value 1e9, say), or the host's critical classes.
+        for above in ["my-own-top-priority", "system-node-critical"] {
+            let mut spec = with(above);
+            let (refused, dropped) = apply(&mut spec, &policy);
+            assert!(refused.is_empty());
+            assert_eq!(dropped[0].field, "spec.priorityClassName");
+            assert!(dropped[0].message.contains("tenant-low"), "{}", dropped[0]);
+            assert_eq!(spec.priority_class_name.as_deref(), Some("tenant-low"));
+        }
+        let mut spec = with("system-node-critical");
+        let (_, dropped) = apply(&mut spec, &PlacementPolicy::default());
+        assert_eq!(spec.priority_class_name, None);
+        assert!(dropped[0].message.contains("none are allowed"));
+        let mut none = PodSpec::default();
+        assert!(apply(&mut none, &policy).1.is_empty());
+        assert_eq!(none.priority_class_name, None);
     }
 
     #[test]

@@ -34,6 +34,19 @@ pub struct PodPolicy {
     pub placement: PlacementPolicy,
 }
 
+impl PodPolicy {
+    /// The host PriorityClasses pods may name and the one others get (`placement::apply`).
+    pub fn with_priority_classes(
+        mut self,
+        allowed: std::collections::BTreeSet<String>,
+        default: Option<String>,
+    ) -> Self {
+        self.placement.priority_classes = allowed;
+        self.placement.default_priority_class = default;
+        self
+    }
+}
+
 /// Per-pod inputs that are not in the pod itself.
 #[derive(Debug, Clone, Default)]
 pub struct PodContext {
@@ -452,12 +465,6 @@ fn left_out(spec: &mut PodSpec) -> Vec<Violation> {
             message,
         })
     };
-    if let Some(class) = spec.priority_class_name.take() {
-        note(
-            "spec.priorityClassName",
-            format!("priority class {class:?} is the host's to give; left out"),
-        );
-    }
     if let Some(s) = spec
         .scheduler_name
         .take()
@@ -483,6 +490,8 @@ fn left_out(spec: &mut PodSpec) -> Vec<Violation> {
     // The host service account's token would reach the host API; the virtual one is mounted
     // from the token Secret instead.
     spec.automount_service_account_token = Some(false);
+    // The host's priority admission sets both from the host's class (`placement::apply` keeps
+    // only a class the admin allows) and refuses a pod whose values differ from it.
     spec.priority = None;
     spec.preemption_policy = None;
     // The host's RuntimeClass admission sets it from the host's class.

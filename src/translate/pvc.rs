@@ -16,9 +16,15 @@ pub struct HostClaim {
     pub dropped: Vec<Violation>,
 }
 
-/// Whether a data source of this API group and kind is something vkube syncs (a claim).
-fn synced_kind(api_group: Option<&str>, kind: &str) -> bool {
-    api_group.unwrap_or("").is_empty() && kind == "PersistentVolumeClaim"
+/// Whether a data source of this API group and kind is something vkube syncs: a claim, and a
+/// VolumeSnapshot when snapshots are synced (`--sync-volume-snapshots`): then the tenant's
+/// snapshot has a host copy of the translated name, like a claim.
+fn synced_kind(api_group: Option<&str>, kind: &str, snapshots: bool) -> bool {
+    match api_group.unwrap_or("") {
+        "" => kind == "PersistentVolumeClaim",
+        super::custom::SNAPSHOT_GROUP => snapshots && kind == "VolumeSnapshot",
+        _ => false,
+    }
 }
 
 fn refused_source(field: &str, group: Option<&str>, kind: &str, name: &str) -> Violation {
@@ -35,12 +41,22 @@ fn refused_source(field: &str, group: Option<&str>, kind: &str, name: &str) -> V
 }
 
 pub fn to_host(v: &PersistentVolumeClaim, tenant: &Tenant) -> Result<HostClaim, Vec<Violation>> {
+    to_host_with(v, tenant, false)
+}
+
+/// [`to_host`], with VolumeSnapshots of the same namespace allowed as data sources when
+/// `snapshots` (they are synced then).
+pub fn to_host_with(
+    v: &PersistentVolumeClaim,
+    tenant: &Tenant,
+    snapshots: bool,
+) -> Result<HostClaim, Vec<Violation>> {
     let ns = v.metadata.namespace.clone().unwrap_or_default();
     let name = v.metadata.name.clone().unwrap_or_default();
     let vspec = v.spec.clone().unwrap_or_default();
     let mut refused = Vec::new();
     if let Some(r) = &vspec.data_source
-        && !synced_kind(r.api_group.as_deref(), &r.kind)
+        && !synced_kind(r.api_group.as_deref(), &r.kind, snapshots)
     {
         refused.push(refused_source(
             "spec.dataSource",
@@ -50,7 +66,7 @@ pub fn to_host(v: &PersistentVolumeClaim, tenant: &Tenant) -> Result<HostClaim, 
         ));
     }
     if let Some(r) = &vspec.data_source_ref {
-        if !synced_kind(r.api_group.as_deref(), &r.kind) {
+        if !synced_kind(r.api_group.as_deref(), &r.kind, snapshots) {
             refused.push(refused_source(
                 "spec.dataSourceRef",
                 r.api_group.as_deref(),
@@ -120,6 +136,45 @@ pub fn to_host(v: &PersistentVolumeClaim, tenant: &Tenant) -> Result<HostClaim, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_source_names_the_tenants_synced_snapshot_only_when_snapshots_are_synced() {
+        let t = Tenant::new("alice", "vkube-alice");
+        let v = PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("restored".into()),
+                namespace: Some("db".into()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                data_source: Some(TypedLocalObjectReference {
+                    api_group: Some("snapshot.storage.k8s.io".into()),
+                    kind: "VolumeSnapshot".into(),
+                    name: "nightly".into(),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        assert!(
+            to_host(&v, &t).is_err(),
+            "refused unless snapshots are synced"
+        );
+        let h = to_host_with(&v, &t, true).unwrap().claim;
+        let source = h.spec.unwrap().data_source.unwrap();
+        assert_eq!(source.name, "nightly-x-db-x-alice");
+        assert_eq!(source.kind, "VolumeSnapshot");
+        let mut other = v.clone();
+        other
+            .spec
+            .as_mut()
+            .unwrap()
+            .data_source
+            .as_mut()
+            .unwrap()
+            .kind = "VolumeSnapshotContent".into();
+        assert!(to_host_with(&other, &t, true).is_err());
+    }
     use k8s_openapi::api::core::v1::{
         TypedLocalObjectReference, TypedObjectReference, VolumeResourceRequirements,
     };
