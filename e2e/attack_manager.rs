@@ -964,16 +964,20 @@ fn slice_yaml(name: &str, service: &str, ports: usize) -> String {
 }
 
 /// Sleep as the manager does it against the real host API (kwok nodes: the control plane
-/// never really starts, which this needs not): `vkube sleep` stops it and gives its API Service
-/// the waker's endpoint, the Service itself unchanged; a connection to the waker (as kube-proxy
-/// would deliver it) is held and wakes the cluster; a manager restarted while it sleeps finds
-/// the waker's port in the EndpointSlice and listens there again; a paused cluster has no
-/// waker at all: held connections are closed, new ones refused, and it stays paused.
+/// never really starts, which this needs not): another developer can neither put the cluster
+/// to sleep nor wake it; `vkube sleep` stops it and gives its API Service the waker's endpoint,
+/// the Service itself unchanged; a manager restarted while it sleeps finds the waker's port in
+/// the EndpointSlice and listens there again; a port scan or a plain-text client wakes nothing;
+/// a TLS client's connection (as kube-proxy would deliver it) is held and wakes the cluster; a
+/// manager restarted mid-wake holds new connections on the same port and carries the wake on;
+/// a paused cluster has no waker at all: held connections are closed, new ones refused, and it
+/// stays paused.
 #[test]
 fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
-    use std::io::Read;
+    use std::io::{Read, Write};
     let mut platform = Platform::start();
     let mallory = Dev::new("mallory");
+    let bob = Dev::new("bob");
     let name = unique("nap");
     let _cleanup = Cleanup(name.clone());
     mallory.create_ok(&name);
@@ -983,6 +987,17 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     let service_before = jsonpath(
         &["get", "service", &service, "-n", &ns],
         "{.spec.clusterIP} {.spec.selector}",
+    );
+    // Another developer: neither `vkube sleep` nor `vkube wake` of mallory's cluster.
+    for verb in ["sleep", "wake"] {
+        let out = bob.vkube(&[verb, &name, "--wait", "5"]);
+        assert!(!out.status.success(), "bob could {verb} it: {}", text(&out));
+        assert!(text(&out).contains("is not yours"), "{}", text(&out));
+    }
+    let annotations = jsonpath(&["get", "vc", &name], "{.metadata.annotations}");
+    assert!(
+        !annotations.contains("sleep-requested") && !annotations.contains("wake-requested"),
+        "{annotations}"
     );
     let sleep = mallory.vkube(&["sleep", &name, "--wait", "60"]);
     assert!(sleep.status.success(), "vkube sleep: {}", text(&sleep));
@@ -1027,11 +1042,34 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     // The manager restarts while the cluster sleeps: it listens on the slice's port again.
     platform.restart_manager();
     let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut held = eventually("the new manager's waker", Duration::from_secs(60), || {
+    let scan = eventually("the new manager's waker", Duration::from_secs(60), || {
         std::net::TcpStream::connect(at).ok()
     });
     assert_eq!(waker_port(), slice, "the same port, from the slice itself");
-    // The connection is held (nothing answered) and wakes the cluster.
+    // A port scan (connect, close) and a plain-text client wake nothing.
+    drop(scan);
+    let mut plain = std::net::TcpStream::connect(at).unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let n = plain.read(&mut byte);
+    assert!(matches!(n, Ok(0) | Err(_)), "plain text is closed: {n:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        jsonpath(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}"
+        ),
+        "0",
+        "no TLS client, no wake"
+    );
+    assert_eq!(condition("status"), "True");
+    // A TLS client's connection (the first bytes of a ClientHello) is held (nothing
+    // answered) and wakes the cluster.
+    let mut held = std::net::TcpStream::connect(at).unwrap();
+    held.write_all(&[0x16, 0x03, 0x01]).unwrap();
     eventually("woken by the held request", Duration::from_secs(30), || {
         (jsonpath(
             &["get", "statefulset", "vkube", "-n", &ns],
@@ -1045,11 +1083,33 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     assert_eq!(condition("reason"), "Awake");
     held.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let mut byte = [0u8; 1];
     assert!(
         held.read(&mut byte).is_err(),
         "a held connection is not answered while the control plane starts"
     );
+    // The manager restarts mid-wake (the control plane not up yet, the slice still there):
+    // the new one listens on the same port, holds what arrives, and the wake goes on.
+    drop(held);
+    platform.restart_manager();
+    let mut held = eventually(
+        "the waker after a restart mid-wake",
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(at).ok(),
+    );
+    held.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    assert_eq!(waker_port(), slice, "the same port mid-wake");
+    eventually(
+        "the held request counted again",
+        Duration::from_secs(30),
+        || {
+            let message = platform.wait_phase(&name, "Starting");
+            message.contains("1 requests waiting").then_some(())
+        },
+    );
+    assert_eq!(condition("reason"), "Awake");
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(held.read(&mut byte).is_err(), "held, not answered");
     let events = jsonpath(
         &[
             "get",

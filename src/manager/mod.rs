@@ -666,8 +666,21 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     });
     match probe_control_plane(&ctx.client, &ns, &name, &cluster_ip).await {
         Ok(target) => {
-            // Awake: whatever the waker holds goes through, then the Service loses the waker.
-            disarm_waker(ctx, &ns, &name, me, Some(target)).await?;
+            // Awake: whatever the waker holds goes through, then the Service loses the waker,
+            // but only once the pod is a ready endpoint of the Service itself (its readiness
+            // probe, then kube-proxy): sooner, the Service has no ready endpoint for a moment
+            // and clients are refused. Meanwhile the waker splices new connections too.
+            let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&objects::control_plane_pod(&name))
+                .await?;
+            let serves = pod
+                .as_ref()
+                .is_some_and(|p| serves_its_service(p, k8s_openapi::jiff::Timestamp::now()));
+            if serves {
+                disarm_waker(ctx, &ns, &name, me, Some(target)).await?;
+            } else if let Some(waker) = &ctx.waker {
+                waker.release(&name, target);
+            }
             let was = vc.status.as_ref().and_then(|s| s.phase);
             set_status(
                 ctx,
@@ -680,6 +693,9 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
             .await?;
             if was != Some(Phase::Ready) {
                 announce_ready(ctx, vc).await;
+            }
+            if !serves {
+                return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Ok(Action::requeue(recheck))
         }
@@ -958,6 +974,28 @@ async fn wind_down(
     };
     set_status(ctx, vc, phase, message, probe, Some(want)).await?;
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// How long the control plane pod must have been Ready before the Service is left to it alone:
+/// the endpoint controllers and kube-proxy follow its Ready condition a moment later.
+const ENDPOINT_SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether the control plane pod is a ready endpoint of its Service by now: its Ready condition
+/// (the kubelet's readiness probe) has been true for [`ENDPOINT_SETTLE`]. Pure.
+fn serves_its_service(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .is_some_and(|t| {
+            now.duration_since(t.0)
+                >= k8s_openapi::jiff::SignedDuration::try_from(ENDPOINT_SETTLE).unwrap_or_default()
+        })
 }
 
 fn is_control_plane(pod: &Pod) -> bool {
@@ -1489,6 +1527,61 @@ mod tests {
                 };
                 assert!(why.contains("choose another name"), "{why}");
             }
+        }
+    }
+
+    /// The waker leaves the Service only once the pod has been Ready for a moment (the
+    /// endpoint controllers and kube-proxy follow): an API that answers the manager's direct
+    /// probe is not yet an endpoint of the Service.
+    #[test]
+    fn the_service_is_left_to_the_pod_once_it_has_been_ready_a_moment() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T08:00:10Z".parse().unwrap();
+        let pod = |status: &str, at: &str, deleted: bool| Pod {
+            metadata: kube::api::ObjectMeta {
+                deletion_timestamp: deleted.then_some(Time(now)),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    last_transition_time: Some(Time(at.parse().unwrap())),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (what, p, serves) in [
+            (
+                "ready for 10 s",
+                pod("True", "2026-12-01T08:00:00Z", false),
+                true,
+            ),
+            (
+                "ready for 2 s",
+                pod("True", "2026-12-01T08:00:08Z", false),
+                true,
+            ),
+            (
+                "ready a second ago",
+                pod("True", "2026-12-01T08:00:09Z", false),
+                false,
+            ),
+            (
+                "not ready",
+                pod("False", "2026-12-01T08:00:00Z", false),
+                false,
+            ),
+            (
+                "ready but stopping",
+                pod("True", "2026-12-01T08:00:00Z", true),
+                false,
+            ),
+            ("no conditions yet", Pod::default(), false),
+        ] {
+            assert_eq!(serves_its_service(&p, now), serves, "{what}");
         }
     }
 

@@ -5,7 +5,9 @@
 //! here, so no tenant key ever leaves the tenant. The hold asks the reconciler to wake the
 //! cluster; once its control plane answers `/readyz`, every held connection is spliced through
 //! to the control plane pod, byte for byte, and the client's TLS handshake happens there as if
-//! nothing had been in between.
+//! nothing had been in between. Only a connection whose first byte opens a TLS handshake wakes
+//! a cluster (the byte is peeked, not read): a port scan, a load balancer's TCP health check or
+//! a client that says nothing must not undo a sleep.
 //!
 //! One listening port per sleeping cluster (the Service's port maps to it by name, so a port is
 //! the only thing that tells clusters apart without terminating TLS), chosen from a range the
@@ -28,6 +30,11 @@ pub const HOLD_AT_MOST: Duration = Duration::from_secs(60);
 /// Connections held per cluster at most; more are closed at once (a flood must not pin the
 /// manager's memory or file descriptors).
 pub const MAX_HELD: usize = 256;
+/// How long a new connection may take to send its first byte (a TLS client sends its
+/// ClientHello at once) before it is closed without waking anything.
+pub const FIRST_BYTE_WITHIN: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake message (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 /// How long the listener keeps splicing after the cluster woke: kube-proxy takes a moment to
 /// drop the waker's endpoint, and connections that still arrive must reach the control plane.
 pub const LINGER: Duration = Duration::from_secs(15);
@@ -49,6 +56,7 @@ struct Listener {
     port: u16,
     /// `Some` once the control plane answers: held and new connections go there.
     target: watch::Sender<Option<SocketAddr>>,
+    /// Connections that asked for the cluster (a TLS handshake) and wait for it.
     waiting: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     /// Bumped on every (re-)arm, so a delayed close of an earlier wake leaves a new sleep alone.
@@ -266,6 +274,7 @@ async fn accept_loop(
     waiting: Arc<AtomicUsize>,
     trigger: mpsc::UnboundedSender<String>,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             a = socket.accept() => a,
@@ -284,34 +293,76 @@ async fn accept_loop(
             tokio::spawn(splice(conn, to));
             continue;
         }
-        if waiting.load(Ordering::SeqCst) >= MAX_HELD {
+        // Held ones and those not yet past their first byte: both pin a descriptor.
+        if open.load(Ordering::SeqCst) >= MAX_HELD {
             tracing::warn!(vcluster = %name, %peer, "waker: too many held connections, closing one");
             continue;
         }
-        waiting.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(vcluster = %name, %peer, "request for a sleeping cluster: holding it and waking the cluster");
-        let _ = trigger.send(name.clone());
-        tokio::spawn(hold(conn, target.clone(), stop.clone(), waiting.clone()));
+        open.fetch_add(1, Ordering::SeqCst);
+        let held = Held {
+            name: name.clone(),
+            target: target.clone(),
+            stop: stop.clone(),
+            waiting: waiting.clone(),
+            open: open.clone(),
+            trigger: trigger.clone(),
+        };
+        tokio::spawn(async move {
+            // Spliced connections no longer count against the limit: the next sleep's do.
+            if let Some((conn, to)) = held.run(conn, peer).await {
+                splice(conn, to).await;
+            }
+        });
     }
 }
 
-/// Holds one connection until the control plane answers (then splices it), the listener
-/// closes, or [`HOLD_AT_MOST`] passes (then it is closed).
-async fn hold(
-    conn: TcpStream,
-    mut target: watch::Receiver<Option<SocketAddr>>,
-    mut stop: watch::Receiver<bool>,
+/// One connection to a sleeping cluster's port, from its accept to its splice or close.
+struct Held {
+    name: String,
+    target: watch::Receiver<Option<SocketAddr>>,
+    stop: watch::Receiver<bool>,
     waiting: Arc<AtomicUsize>,
-) {
-    let ready = tokio::select! {
-        r = tokio::time::timeout(HOLD_AT_MOST, target.wait_for(Option::is_some)) => {
-            r.ok().and_then(|r| r.ok()).and_then(|t| *t)
+    open: Arc<AtomicUsize>,
+    trigger: mpsc::UnboundedSender<String>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Held {
+    /// Waits for the first byte (peeked: it stays for the control plane); a TLS handshake is
+    /// held and wakes the cluster, anything else (nothing, EOF, plain text) is closed. Then
+    /// holds it until the control plane answers (returns where to splice it), the listener
+    /// closes, or [`HOLD_AT_MOST`] passes (then it is closed).
+    async fn run(mut self, conn: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+        let mut first = [0u8; 1];
+        let opens_tls = tokio::select! {
+            r = tokio::time::timeout(FIRST_BYTE_WITHIN, conn.peek(&mut first)) => {
+                matches!(r, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE
+            }
+            _ = self.stop.wait_for(|s| *s) => return None,
+        };
+        if !opens_tls {
+            tracing::info!(vcluster = %self.name, %peer, "waker: a connection without a TLS handshake wakes nothing; closed");
+            return None;
         }
-        _ = stop.wait_for(|s| *s) => None,
-    };
-    waiting.fetch_sub(1, Ordering::SeqCst);
-    if let Some(to) = ready {
-        splice(conn, to).await;
+        if let Some(to) = *self.target.borrow() {
+            return Some((conn, to));
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(vcluster = %self.name, %peer, "request for a sleeping cluster: holding it and waking the cluster");
+        let _ = self.trigger.send(self.name.clone());
+        let ready = tokio::select! {
+            r = tokio::time::timeout(HOLD_AT_MOST, self.target.wait_for(Option::is_some)) => {
+                r.ok().and_then(|r| r.ok()).and_then(|t| *t)
+            }
+            _ = self.stop.wait_for(|s| *s) => None,
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        ready.map(|to| (conn, to))
     }
 }
 
@@ -406,8 +457,8 @@ mod tests {
         let at = SocketAddr::from(([127, 0, 0, 1], port));
         let mut a = TcpStream::connect(at).await.unwrap();
         let mut b = TcpStream::connect(at).await.unwrap();
-        a.write_all(b"hello-a").await.unwrap();
-        b.write_all(b"hello-b").await.unwrap();
+        a.write_all(b"\x16hello-a").await.unwrap();
+        b.write_all(b"\x16hello-b").await.unwrap();
         for _ in 0..2 {
             let woken = tokio::time::timeout(Duration::from_secs(5), wakes.recv())
                 .await
@@ -427,16 +478,16 @@ mod tests {
             "a held connection gets no byte before the wake"
         );
         waker.release("alice", cp);
-        let mut buf = vec![0u8; 10];
+        let mut buf = vec![0u8; 11];
         a.read_exact(&mut buf).await.unwrap();
-        assert_eq!(buf, b"cp:hello-a");
+        assert_eq!(buf, b"cp:\x16hello-a");
         b.read_exact(&mut buf).await.unwrap();
-        assert_eq!(buf, b"cp:hello-b");
+        assert_eq!(buf, b"cp:\x16hello-b");
         assert_eq!(exchange(&mut a, b"more").await, b"cp:more");
         assert_eq!(waker.waiting("alice"), 0);
         // Awake: a new connection goes straight through, without a wake.
         let mut c = TcpStream::connect(at).await.unwrap();
-        assert_eq!(exchange(&mut c, b"late").await, b"cp:late");
+        assert_eq!(exchange(&mut c, b"\x16late").await, b"cp:\x16late");
         assert!(wakes.try_recv().is_err());
     }
 
@@ -459,6 +510,7 @@ mod tests {
         );
         let at = SocketAddr::from(([127, 0, 0, 1], port));
         let mut held = TcpStream::connect(at).await.unwrap();
+        held.write_all(&[TLS_HANDSHAKE]).await.unwrap();
         assert_eq!(wakes.recv().await.as_deref(), Some("bob"));
         waker.close("bob");
         let mut buf = [0u8; 1];
@@ -470,6 +522,59 @@ mod tests {
             TcpStream::connect(at).await.is_err(),
             "nothing listens any more"
         );
+    }
+
+    /// A flood of connections to a sleeping cluster holds at most MAX_HELD; the rest are closed
+    /// at once instead of pinning the manager's memory and descriptors.
+    #[tokio::test]
+    async fn a_flood_holds_at_most_max_held_connections() {
+        let (waker, _wakes) = Waker::new("127.0.0.1".parse().unwrap(), free_range());
+        let port = waker.listen("eve", None).await.unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut conns = Vec::new();
+        for _ in 0..MAX_HELD {
+            let mut conn = TcpStream::connect(at).await.unwrap();
+            conn.write_all(&[TLS_HANDSHAKE]).await.unwrap();
+            conns.push(conn);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while waker.waiting("eve") < MAX_HELD {
+            assert!(Instant::now() < deadline, "{} held", waker.waiting("eve"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut extra = TcpStream::connect(at).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+            .await
+            .expect("closed at once, not held");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        assert_eq!(waker.waiting("eve"), MAX_HELD);
+        waker.close("eve");
+    }
+
+    /// What is no TLS client wakes nothing: a port scan (connect, close) and plain text are
+    /// closed without a wake and without being held; a TLS handshake then still wakes it.
+    #[tokio::test]
+    async fn a_connection_without_a_tls_handshake_wakes_nothing() {
+        let (waker, mut wakes) = Waker::new("127.0.0.1".parse().unwrap(), free_range());
+        let port = waker.listen("frank", None).await.unwrap();
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        drop(TcpStream::connect(at).await.unwrap());
+        let mut plain = TcpStream::connect(at).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+            .await
+            .expect("closed at once, not held");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(wakes.try_recv().is_err(), "woken by no TLS client");
+        assert_eq!(waker.waiting("frank"), 0);
+        let mut tls = TcpStream::connect(at).await.unwrap();
+        tls.write_all(&[TLS_HANDSHAKE, 3, 1]).await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(5), wakes.recv()).await;
+        assert_eq!(woken.ok().flatten().as_deref(), Some("frank"));
+        waker.close("frank");
     }
 
     /// A restarted manager gets the port its EndpointSlice names; two clusters never share one.
@@ -494,6 +599,7 @@ mod tests {
         let port = waker.listen("dave", None).await.unwrap();
         let at = SocketAddr::from(([127, 0, 0, 1], port));
         let mut conn = TcpStream::connect(at).await.unwrap();
+        conn.write_all(b"\x16x").await.unwrap();
         assert_eq!(wakes.recv().await.as_deref(), Some("dave"));
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
@@ -507,7 +613,12 @@ mod tests {
                 }
             }
         });
-        assert_eq!(exchange(&mut conn, b"x").await, b"cp:x");
+        let mut echoed = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut echoed))
+            .await
+            .expect("spliced")
+            .unwrap();
+        assert_eq!(&echoed, b"cp:\x16x");
         assert_eq!(wakes.recv().await.as_deref(), Some("dave"));
         assert!(calls.load(Ordering::SeqCst) >= 4);
     }
