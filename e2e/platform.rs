@@ -904,6 +904,14 @@ fn an_idle_cluster_sleeps_and_its_first_request_wakes_it() {
     ));
     assert!(idle >= 59, "fell asleep after only {idle} s");
     assert!(host_pods(&ns).is_empty(), "{:?}", host_pods(&ns));
+    // And it stays asleep: nothing of vkube's own wakes it (the manager never probes a
+    // sleeping cluster through its Service, the activity published on the way out is old).
+    std::thread::sleep(Duration::from_secs(10));
+    let (phase, message) = phase_and_message(&name);
+    assert!(
+        phase == "Sleeping" && message.starts_with("asleep"),
+        "woken by nobody: {phase} {message}"
+    );
     wait_until(
         "no process of the tenant's pods left",
         Duration::from_secs(60),
@@ -1084,6 +1092,63 @@ fn an_idle_cluster_sleeps_and_its_first_request_wakes_it() {
             ])
         },
     );
+
+    // Another tenant's pod reaches neither a sleeping cluster's Service nor its waker port in
+    // the manager's pod (it would wake it, and be spliced to its API): its egress policy
+    // closes both. Its own API it reaches (the probe can tell). The probe sends the first
+    // bytes of a TLS handshake, what the waker wakes a cluster for.
+    let dave = Dev::new(&devs.0, "dave");
+    let other = unique("other");
+    let other_ns = format!("vkube-{other}");
+    let _other_volume = Volume::for_cluster(&other);
+    let _other_cleanup = Cleanup(other.clone());
+    dave.vkube_ok(&["create", &other, "--no-switch", "--wait", "240"]);
+    dave.vkube_ok(&["sleep", &other]);
+    let other_ip = jsonpath_admin(
+        &["get", "service", &format!("vkube-{other}"), "-n", &other_ns],
+        "{.spec.clusterIP}",
+    );
+    let waker = jsonpath_admin(
+        &["get", "endpointslice", "vkube-waker", "-n", &other_ns],
+        "{.endpoints[0].addresses[0]} {.ports[0].port}",
+    );
+    let (waker_ip, waker_port) = waker.split_once(' ').expect("the waker's address and port");
+    let connects = |host: &str, port: &str| {
+        let out = carol.kubectl(
+            &[
+                "exec",
+                "deploy/web",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "printf '\\026\\003\\001' | nc -w 3 {host} {port} >/dev/null && echo CONNECTED || echo REFUSED"
+                ),
+            ],
+            None,
+        );
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            said.contains("CONNECTED") || said.contains("REFUSED"),
+            "{}",
+            text(&out)
+        );
+        said.contains("CONNECTED")
+    };
+    assert!(connects(&cluster_ip, "443"), "its own API");
+    assert!(
+        !connects(&other_ip, "443"),
+        "another tenant's sleeping Service"
+    );
+    assert!(!connects(waker_ip, waker_port), "another tenant's waker");
+    std::thread::sleep(Duration::from_secs(5));
+    let (phase, message) = phase_and_message(&other);
+    assert!(
+        phase == "Sleeping" && message.starts_with("asleep"),
+        "the other tenant was woken: {phase} {message}"
+    );
+    assert!(host_pods(&other_ns).is_empty());
+    dave.vkube_ok(&["delete", &other]);
 
     // Paused: a sleep that no request ends.
     carol.vkube_ok(&["pause", &name]);

@@ -83,6 +83,34 @@ enum BenchCommand {
     /// The same request mix straight to the virtual kube-apiserver and through vkube's proxy;
     /// port-forward through a virtual pod vs its host pod.
     Proxy(BenchProxyArgs),
+    /// Sleep and wake on a real node with the platform installed (hack/bench-wake.sh): the first
+    /// request to a sleeping cluster vs resume from pause; a sleeping tenant's footprint; density.
+    Wake(BenchWakeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchWakeArgs {
+    /// The VirtualCluster (running on the real node).
+    #[arg(long)]
+    name: String,
+    /// The real node (its kubelet's stats).
+    #[arg(long)]
+    node: String,
+    /// Host kubeconfig (the admin's).
+    #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    #[arg(long, default_value = "vkube-system")]
+    manager_namespace: String,
+    /// How many waker ports the chart gives (manager.waker).
+    #[arg(long, default_value_t = 10_000)]
+    waker_ports: usize,
+    #[arg(long, default_value_t = 240)]
+    timeout_seconds: u64,
+    /// Write the JSON report here (it is always printed to stdout too).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -435,6 +463,7 @@ pub fn main() -> ExitCode {
             Command::Manager(args) => manager_command(args).await,
             Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench_proxy_command(args).await,
+            Command::Bench(BenchCommand::Wake(args)) => bench_wake_command(args).await,
         }
     });
     match result {
@@ -686,6 +715,26 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+async fn bench_wake_command(args: BenchWakeArgs) -> anyhow::Result<()> {
+    let (host, _) = host::host_client(args.kubeconfig.as_deref()).await?;
+    let bench = vkube::bench::wake::WakeBench {
+        name: args.name,
+        runs: args.runs,
+        node: args.node,
+        manager_namespace: args.manager_namespace,
+        waker_ports: args.waker_ports,
+        timeout: Duration::from_secs(args.timeout_seconds),
+    };
+    let report = vkube::bench::wake::run(host, &bench).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    eprint!("{}", vkube::bench::wake::table(&report));
     Ok(())
 }
 
