@@ -1022,10 +1022,18 @@ fn an_idle_cluster_sleeps_and_its_first_request_wakes_it() {
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
+    // A request held while the old control plane is still stopping waits for that and a whole
+    // start; when that takes longer than kubectl's fixed 10 s TLS handshake timeout (a busy
+    // machine), kubectl gives up on a connection that was held, never refused, and its retry
+    // is answered.
     let falling = Instant::now();
-    let mut answered = 0;
+    let (mut answered, mut retried) = (0, 0);
     while falling.elapsed() < Duration::from_secs(15) {
-        let out = carol.kubectl(&["get", "namespaces"], None);
+        let mut out = carol.kubectl(&["get", "namespaces"], None);
+        if !out.status.success() && text(&out).contains("TLS handshake timeout") {
+            retried += 1;
+            out = carol.kubectl(&["get", "namespaces"], None);
+        }
         assert!(
             out.status.success(),
             "a request {:.1} s into the fall asleep: {}",
@@ -1035,7 +1043,7 @@ fn an_idle_cluster_sleeps_and_its_first_request_wakes_it() {
         answered += 1;
     }
     report(&format!(
-        "MEASURE {answered} requests during a fall asleep, all answered"
+        "MEASURE {answered} requests during a fall asleep, all answered ({retried} after kubectl's handshake timeout)"
     ));
 
     // The manager restarts mid-wake: the new one finishes it, and requests work.
