@@ -240,8 +240,20 @@ struct Manager {
     log: PathBuf,
 }
 
+/// Where the local manager's waker says it is: a documentation address (TEST-NET-1), since
+/// EndpointSlices refuse loopback and nothing routes to it here anyway (no kube-proxy on kwok
+/// nodes): the tests connect to the waker's port on the loopback, as kube-proxy would deliver.
+const WAKER_ADDRESS: &str = "192.0.2.10";
+
+/// A range of ports around one the OS just handed out (the waker skips any in use).
+fn waker_ports() -> (u16, u16) {
+    let p = common::free_port();
+    let first = p.saturating_sub(10).max(1025);
+    (first, first.saturating_add(30))
+}
+
 impl Manager {
-    fn start(dir: &Path, policy: &Path) -> Manager {
+    fn start(dir: &Path, policy: &Path, (first, last): (u16, u16)) -> Manager {
         let token = kubectl_ok(&[
             "-n",
             RELEASE_NS,
@@ -254,7 +266,11 @@ impl Manager {
         let kubeconfig = dir.join("manager.kubeconfig");
         std::fs::write(&kubeconfig, token_kubeconfig(token.trim(), None)).unwrap();
         let log = dir.join("manager.log");
-        let file = std::fs::File::create(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut cmd = Command::new(common::vkube_bin());
         cmd.args(["manager", "--policy"])
             .arg(policy)
@@ -262,6 +278,9 @@ impl Manager {
             .arg(&kubeconfig)
             // Its namespace (reserved names) without a Lease: one manager at a time here.
             .args(["--lease-namespace", RELEASE_NS, "--no-leader-election"])
+            .args(["--waker-address", WAKER_ADDRESS])
+            .arg("--waker-ports")
+            .arg(format!("{first}-{last}"))
             .env("RUST_LOG", "info,kube_client::client::builder=off")
             .env("NO_COLOR", "1")
             .stdout(file.try_clone().unwrap())
@@ -295,6 +314,9 @@ impl Drop for Manager {
 /// The chart installed and a manager running; other tests of this file wait their turn.
 struct Platform {
     manager: Manager,
+    policy: PathBuf,
+    /// The waker's ports, the same across restarts (as the chart's values).
+    waker_ports: (u16, u16),
     _dir: tempfile::TempDir,
     _serial: MutexGuard<'static, ()>,
 }
@@ -304,12 +326,22 @@ impl Platform {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let policy = install_chart(dir.path());
-        let manager = Manager::start(dir.path(), &policy);
+        let waker_ports = waker_ports();
+        let manager = Manager::start(dir.path(), &policy, waker_ports);
         Platform {
             manager,
+            policy,
+            waker_ports,
             _dir: dir,
             _serial: serial,
         }
+    }
+
+    /// Stops the manager and starts a new one (a restart: nothing carried over in memory).
+    fn restart_manager(&mut self) {
+        let _ = self.manager.child.kill();
+        let _ = self.manager.child.wait();
+        self.manager = Manager::start(self._dir.path(), &self.policy, self.waker_ports);
     }
 
     /// Waits for a VirtualCluster's phase; returns its message.
@@ -844,6 +876,13 @@ fn the_managers_service_account_cannot_reach_beyond_tenant_namespaces() {
         guard,
     );
 
+    // EndpointSlices: none outside tenant namespaces.
+    refused(
+        &["create", "-n", "kube-system", "-f", "-"],
+        Some(&slice_yaml("vkube-waker", "kube-system", 1)),
+        "forbidden",
+    );
+
     // The same rights do work where they are meant to: in a tenant namespace it made.
     let mallory = Dev::new("mallory");
     let name = unique("fine");
@@ -853,6 +892,38 @@ fn the_managers_service_account_cannot_reach_beyond_tenant_namespaces() {
     let ns = format!("vkube-{name}");
     assert!(can(&["get", "secrets", "-n", &ns]));
     assert!(!can(&["create", "pods/exec", "-n", &ns]));
+    // The waker's slice of the API Service, and nothing else: not another Service's (it would
+    // take over a tenant's Service), not under another name, not with more ports.
+    let waker_slice = |name: &str, service: &str, ports: usize| {
+        let mut yaml = slice_yaml(name, service, ports);
+        yaml = yaml.replace(
+            "UID",
+            &jsonpath(
+                &["get", "ns", &ns],
+                "{.metadata.labels.vkube\\.dev/virtual-cluster-uid}",
+            ),
+        );
+        yaml
+    };
+    let out = as_manager(
+        &["create", "-n", &ns, "--dry-run=server", "-f", "-"],
+        Some(&waker_slice("vkube-waker", &ns, 1)),
+    );
+    assert!(out.status.success(), "the waker's slice: {}", text(&out));
+    for (slice, service, ports) in [
+        ("vkube-waker", "web-x-default-x-victim", 1),
+        ("other", ns.as_str(), 1),
+        ("vkube-waker", ns.as_str(), 2),
+    ] {
+        refused(
+            &["create", "-n", &ns, "-f", "-"],
+            Some(&waker_slice(slice, service, ports)),
+            guard,
+        );
+    }
+    // The activity Lease it reads, never writes (only vkube serve may).
+    assert!(can(&["get", "leases/vkube-activity", "-n", &ns]));
+    assert!(!can(&["update", "leases/vkube-activity", "-n", &ns]));
     let out = as_manager(
         &[
             "create",
@@ -869,6 +940,216 @@ fn the_managers_service_account_cannot_reach_beyond_tenant_namespaces() {
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
+    mallory.delete(&name);
+    platform.wait_gone(&name);
+}
+
+/// An EndpointSlice as the waker's (labelled for `service`, managed by vkube-manager, the
+/// cluster's UID as `UID`), with `ports` ports.
+fn slice_yaml(name: &str, service: &str, ports: usize) -> String {
+    let ports: Vec<String> = (0..ports)
+        .map(|i| {
+            let port_name = if i == 0 {
+                "https".to_string()
+            } else {
+                format!("p{i}")
+            };
+            format!("{{name: {port_name}, port: {}, protocol: TCP}}", 20000 + i)
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, labels: {{kubernetes.io/service-name: {service}, endpointslice.kubernetes.io/managed-by: vkube-manager, vkube.dev/virtual-cluster-uid: UID}}}}\naddressType: IPv4\nendpoints: [{{addresses: [{WAKER_ADDRESS}], conditions: {{ready: true}}}}]\nports: [{}]\n",
+        ports.join(", ")
+    )
+}
+
+/// Sleep as the manager does it against the real host API (kwok nodes: the control plane
+/// never really starts, which this needs not): another developer can neither put the cluster
+/// to sleep nor wake it; `vkube sleep` stops it and gives its API Service the waker's endpoint,
+/// the Service itself unchanged; a manager restarted while it sleeps finds the waker's port in
+/// the EndpointSlice and listens there again; a port scan or a plain-text client wakes nothing;
+/// a TLS client's connection (as kube-proxy would deliver it) is held and wakes the cluster; a
+/// manager restarted mid-wake holds new connections on the same port and carries the wake on;
+/// a paused cluster has no waker at all: held connections are closed, new ones refused, and it
+/// stays paused.
+#[test]
+fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
+    use std::io::{Read, Write};
+    let mut platform = Platform::start();
+    let mallory = Dev::new("mallory");
+    let bob = Dev::new("bob");
+    let name = unique("nap");
+    let _cleanup = Cleanup(name.clone());
+    mallory.create_ok(&name);
+    platform.wait_phase(&name, "Starting");
+    let ns = format!("vkube-{name}");
+    let service = format!("vkube-{name}");
+    let service_before = jsonpath(
+        &["get", "service", &service, "-n", &ns],
+        "{.spec.clusterIP} {.spec.selector}",
+    );
+    // Another developer: neither `vkube sleep` nor `vkube wake` of mallory's cluster.
+    for verb in ["sleep", "wake"] {
+        let out = bob.vkube(&[verb, &name, "--wait", "5"]);
+        assert!(!out.status.success(), "bob could {verb} it: {}", text(&out));
+        assert!(text(&out).contains("is not yours"), "{}", text(&out));
+    }
+    let annotations = jsonpath(&["get", "vc", &name], "{.metadata.annotations}");
+    assert!(
+        !annotations.contains("sleep-requested") && !annotations.contains("wake-requested"),
+        "{annotations}"
+    );
+    let sleep = mallory.vkube(&["sleep", &name, "--wait", "60"]);
+    assert!(sleep.status.success(), "vkube sleep: {}", text(&sleep));
+    let condition = |field: &str| {
+        jsonpath(
+            &["get", "vc", &name],
+            &format!("{{.status.conditions[?(@.type==\"Sleeping\")].{field}}}"),
+        )
+    };
+    assert_eq!(condition("status"), "True");
+    assert_eq!(condition("reason"), "Manual");
+    assert_eq!(
+        jsonpath(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}"
+        ),
+        "0"
+    );
+    assert_eq!(
+        jsonpath(
+            &["get", "service", &service, "-n", &ns],
+            "{.spec.clusterIP} {.spec.selector}"
+        ),
+        service_before,
+        "the Service itself does not change"
+    );
+    let waker_port = || {
+        jsonpath(
+            &["get", "endpointslice", "vkube-waker", "-n", &ns],
+            "{.endpoints[0].addresses[0]} {.ports[0].name} {.ports[0].port} {.metadata.labels.kubernetes\\.io/service-name}",
+        )
+    };
+    let slice = waker_port();
+    let parts: Vec<&str> = slice.split(' ').collect();
+    assert_eq!(parts.len(), 4, "{slice}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        (WAKER_ADDRESS, "https", service.as_str())
+    );
+    let port: u16 = parts[2].parse().unwrap();
+
+    // The manager restarts while the cluster sleeps: it listens on the slice's port again.
+    platform.restart_manager();
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let scan = eventually("the new manager's waker", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(at).ok()
+    });
+    assert_eq!(waker_port(), slice, "the same port, from the slice itself");
+    // A port scan (connect, close) and a plain-text client wake nothing.
+    drop(scan);
+    let mut plain = std::net::TcpStream::connect(at).unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let n = plain.read(&mut byte);
+    assert!(matches!(n, Ok(0) | Err(_)), "plain text is closed: {n:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        jsonpath(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}"
+        ),
+        "0",
+        "no TLS client, no wake"
+    );
+    assert_eq!(condition("status"), "True");
+    // A TLS client's connection (the first bytes of a ClientHello) is held (nothing
+    // answered) and wakes the cluster.
+    let mut held = std::net::TcpStream::connect(at).unwrap();
+    held.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    eventually("woken by the held request", Duration::from_secs(30), || {
+        (jsonpath(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}",
+        ) == "1")
+            .then_some(())
+    });
+    let message = platform.wait_phase(&name, "Starting");
+    assert!(message.contains("waiting"), "{message}");
+    assert_eq!(condition("status"), "False");
+    assert_eq!(condition("reason"), "Awake");
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        held.read(&mut byte).is_err(),
+        "a held connection is not answered while the control plane starts"
+    );
+    // The manager restarts mid-wake (the control plane not up yet, the slice still there):
+    // the new one listens on the same port, holds what arrives, and the wake goes on.
+    drop(held);
+    platform.restart_manager();
+    let mut held = eventually(
+        "the waker after a restart mid-wake",
+        Duration::from_secs(60),
+        || std::net::TcpStream::connect(at).ok(),
+    );
+    held.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    assert_eq!(waker_port(), slice, "the same port mid-wake");
+    eventually(
+        "the held request counted again",
+        Duration::from_secs(30),
+        || {
+            let message = platform.wait_phase(&name, "Starting");
+            message.contains("1 requests waiting").then_some(())
+        },
+    );
+    assert_eq!(condition("reason"), "Awake");
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(held.read(&mut byte).is_err(), "held, not answered");
+    let events = jsonpath(
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+        "{range .items[*]}{.reason} {end}",
+    );
+    assert!(
+        events.contains("Sleeping") && events.contains("Waking"),
+        "{events}"
+    );
+
+    // Paused: the waker goes, with what it holds; the port refuses; the cluster stays paused.
+    let pause = mallory.vkube(&["pause", &name, "--wait", "60"]);
+    assert!(pause.status.success(), "vkube pause: {}", text(&pause));
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = held.read(&mut byte);
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the held connection is closed: {n:?}"
+    );
+    assert!(!exists(&["get", "endpointslice", "vkube-waker", "-n", &ns]));
+    assert!(
+        std::net::TcpStream::connect(at).is_err(),
+        "nothing listens for a paused cluster"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(platform.wait_phase(&name, "Paused"), "paused by the owner");
+    assert_eq!(
+        jsonpath(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}"
+        ),
+        "0"
+    );
     mallory.delete(&name);
     platform.wait_gone(&name);
 }

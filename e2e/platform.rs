@@ -696,3 +696,489 @@ fn a_developer_creates_uses_pauses_resumes_and_deletes_a_virtual_cluster() {
     ));
     assert!(m < Duration::from_secs(120), "median create {m:?}");
 }
+
+/// The ids of processes whose cgroup is one of these pods' (kubelet cgroups carry the pod UID).
+fn processes_of_pods(uids: &[String]) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if uids
+            .iter()
+            .any(|u| cgroup.contains(u.as_str()) || cgroup.contains(&u.replace('-', "_")))
+        {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+fn jsonpath_admin(args: &[&str], path: &str) -> String {
+    let mut all = args.to_vec();
+    let out_arg = format!("jsonpath={path}");
+    all.extend(["-o", &out_arg]);
+    let out = common::kubectl(&admin(), &all, None);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn phase_and_message(name: &str) -> (String, String) {
+    let got = jsonpath_admin(&["get", "vc", name], "{.status.phase}|{.status.message}");
+    let (p, m) = got.split_once('|').unwrap_or((&got, ""));
+    (p.to_string(), m.to_string())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn sleeping_condition(name: &str) -> (String, String, String) {
+    let got = jsonpath_admin(
+        &["get", "vc", name],
+        r#"{.status.conditions[?(@.type=="Sleeping")].status}|{.status.conditions[?(@.type=="Sleeping")].reason}|{.status.conditions[?(@.type=="Sleeping")].lastTransitionTime}"#,
+    );
+    let parts: Vec<&str> = got.split('|').collect();
+    (
+        parts.first().unwrap_or(&"").to_string(),
+        parts.get(1).unwrap_or(&"").to_string(),
+        parts.get(2).unwrap_or(&"").to_string(),
+    )
+}
+
+fn events_of(name: &str) -> String {
+    jsonpath_admin(
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+        "{range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    )
+}
+
+/// An unauthenticated health probe through the API Service (as the kubelet's and the
+/// manager's): vkube's own kind of traffic, which must never keep a cluster awake.
+fn health_probe(cluster_ip: &str) -> bool {
+    let mut cmd = Command::new(bin("kubectl"));
+    cmd.env("KUBECONFIG", "/dev/null").args([
+        "--server",
+        &format!("https://{cluster_ip}:443"),
+        "--insecure-skip-tls-verify=true",
+        "--request-timeout",
+        "5s",
+        "get",
+        "--raw",
+        "/readyz",
+    ]);
+    common::output_of(cmd, None).status.success()
+}
+
+/// Sleep and wake as the issue's "done" describes it, on the real node: a tenant with a
+/// Deployment and a Service, left alone for its sleepAfter while vkube's own traffic goes on
+/// (syncer, controller-manager, kubelet and manager probes, and health probes through its
+/// Service), falls asleep: no host pod, no process left of its pods; the user's plain
+/// `kubectl get pods` with the kubeconfig they already have wakes it and succeeds; the
+/// Deployment's pods run again, its objects the same (UIDs). Then the races: two requests at
+/// once, requests while it falls asleep, the manager restarting mid-wake, and a paused
+/// cluster that no request wakes.
+#[test]
+fn an_idle_cluster_sleeps_and_its_first_request_wakes_it() {
+    let test = "platform::an_idle_cluster_sleeps_and_its_first_request_wakes_it";
+    if std::env::var("VKUBE_E2E_REAL_NODE").as_deref() != Ok("1") {
+        let why = std::env::var("VKUBE_E2E_REAL_NODE_SKIP")
+            .unwrap_or_else(|_| "VKUBE_E2E_REAL_NODE is not 1: no real node was started".into());
+        report(&format!("SKIPPED {test}: {why}"));
+        return;
+    }
+    let Ok(image) = std::env::var("VKUBE_E2E_VKUBE_IMAGE") else {
+        report(&format!(
+            "SKIPPED {test}: the vkube image was not imported (hack/real-node.sh up --with-vkube-image)"
+        ));
+        return;
+    };
+    let node = std::env::var("VKUBE_E2E_REAL_NODE_NAME").unwrap();
+    let testbox = std::env::var("VKUBE_E2E_TESTBOX_IMAGE").unwrap();
+    let devs = Namespace(unique("devs"));
+    common::kubectl_ok(&admin(), &["create", "namespace", &devs.0]);
+    install_chart(&image, &devs.0);
+    let carol = Dev::new(&devs.0, "carol");
+    let name = unique("sleepy");
+    let ns = format!("vkube-{name}");
+    let _volume = Volume::for_cluster(&name);
+    let _cleanup = Cleanup(name.clone());
+    let values = carol.dir.path().join("values.yaml");
+    std::fs::write(&values, "sleepAfter: 1m\n").unwrap();
+    carol.vkube_ok(&[
+        "create",
+        &name,
+        "-f",
+        values.to_str().unwrap(),
+        "--wait",
+        "240",
+    ]);
+    let workload = WORKLOAD.replace("IMAGE", &testbox);
+    let out = carol.kubectl(&["apply", "-f", "-"], Some(&workload));
+    assert!(out.status.success(), "{}", text(&out));
+    carol.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout", "120s"]);
+    let uids = |carol: &Dev| {
+        carol.kubectl_ok(&[
+            "get",
+            "deployment,replicaset,service",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.uid} {end}",
+        ])
+    };
+    let uids_before = uids(&carol);
+    let running = |what: &str| {
+        wait_until(what, Duration::from_secs(120), || {
+            host_pods(&ns)
+                .iter()
+                .any(|(p, phase)| p != "vkube-0" && phase == "Running")
+        })
+    };
+    running("the tenant's pod Running on the host");
+    let pod_uids: Vec<String> = jsonpath_admin(
+        &["get", "pods", "-n", &ns],
+        "{range .items[*]}{.metadata.uid} {end}",
+    )
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    assert!(
+        pod_uids.len() >= 2,
+        "control plane and web pod: {pod_uids:?}"
+    );
+    assert!(
+        !processes_of_pods(&pod_uids).is_empty(),
+        "the pods' processes are found by their cgroups while they run"
+    );
+    let cluster_ip = jsonpath_admin(
+        &["get", "service", &format!("vkube-{name}"), "-n", &ns],
+        "{.spec.clusterIP}",
+    );
+
+    // Left alone: only vkube's own traffic from here on, and health probes through the
+    // Service while it is up.
+    let last_use = std::time::SystemTime::now();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let (phase, message) = phase_and_message(&name);
+        if phase == "Sleeping" && message.starts_with("asleep") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not asleep after 240 s: {phase} {message}"
+        );
+        if phase == "Ready" {
+            health_probe(&cluster_ip);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (status, reason, since) = sleeping_condition(&name);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Idle"));
+    let since: k8s_openapi::jiff::Timestamp = since.parse().unwrap();
+    let idle = since.as_second()
+        - last_use
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+    report(&format!(
+        "MEASURE fell asleep {idle} s after the last use (sleepAfter 1m; the manager looks at least every 30 s)"
+    ));
+    assert!(idle >= 59, "fell asleep after only {idle} s");
+    assert!(host_pods(&ns).is_empty(), "{:?}", host_pods(&ns));
+    // And it stays asleep: nothing of vkube's own wakes it (the manager never probes a
+    // sleeping cluster through its Service, the activity published on the way out is old).
+    std::thread::sleep(Duration::from_secs(10));
+    let (phase, message) = phase_and_message(&name);
+    assert!(
+        phase == "Sleeping" && message.starts_with("asleep"),
+        "woken by nobody: {phase} {message}"
+    );
+    wait_until(
+        "no process of the tenant's pods left",
+        Duration::from_secs(60),
+        || processes_of_pods(&pod_uids).is_empty(),
+    );
+    let (pods, bytes) = namespace_memory(&node, &ns);
+    report(&format!(
+        "MEASURE sleeping tenant: {pods} pods, {} MiB working set, 0 processes",
+        bytes >> 20
+    ));
+    assert_eq!((pods, bytes), (0, 0));
+    // Its state stays: the volume, the Service with its ClusterIP, now also leading to the
+    // waker in the manager's pod.
+    assert!(exists(&[
+        "get",
+        "pvc",
+        "-n",
+        &ns,
+        "data-vkube-0",
+        "-o",
+        "name"
+    ]));
+    let manager_ip = jsonpath_admin(
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=manager",
+        ],
+        "{.items[0].status.podIP}",
+    );
+    let slice = jsonpath_admin(
+        &["get", "endpointslice", "vkube-waker", "-n", &ns],
+        "{.endpoints[0].addresses[0]}:{.ports[0].port}",
+    );
+    assert!(slice.starts_with(&format!("{manager_ip}:")), "{slice}");
+    let listed = carol.vkube_ok(&["list"]);
+    assert!(listed.contains("Sleeping (idle)"), "{listed}");
+    assert!(events_of(&name).contains("Sleeping: falling asleep (no API request for 1m)"));
+
+    // The user's plain kubectl, with the kubeconfig they have, wakes it.
+    let started = Instant::now();
+    let out = carol.kubectl(&["get", "pods"], None);
+    let wake = started.elapsed();
+    assert!(out.status.success(), "kubectl get pods: {}", text(&out));
+    report(&format!(
+        "MEASURE first request to a sleeping cluster -> its answer (kubectl get pods): {:.1} s",
+        wake.as_secs_f64()
+    ));
+    assert_eq!(
+        uids(&carol),
+        uids_before,
+        "the same objects after the sleep"
+    );
+    running("the Deployment's pod Running again after the wake");
+    let (status, reason, _) = sleeping_condition(&name);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Awake"));
+    wait_until(
+        "the waker's endpoint removed",
+        Duration::from_secs(30),
+        || {
+            !exists(&[
+                "get",
+                "endpointslice",
+                "vkube-waker",
+                "-n",
+                &ns,
+                "-o",
+                "name",
+                "--ignore-not-found",
+            ])
+        },
+    );
+    assert!(
+        events_of(&name).contains("Waking: waking: a request to its API is waiting"),
+        "{}",
+        events_of(&name)
+    );
+
+    // Two requests at once on a sleeping cluster: both answered.
+    carol.vkube_ok(&["sleep", &name]);
+    assert!(host_pods(&ns).is_empty());
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| carol.kubectl(&["get", "deployment", "web"], None));
+        let b = s.spawn(|| carol.kubectl(&["get", "service", "web"], None));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.status.success(), "first of two: {}", text(&a));
+    assert!(b.status.success(), "second of two: {}", text(&b));
+
+    // Requests while it falls asleep: each is answered (by the stopping control plane, or
+    // held by the waker, which then wakes it again).
+    wait_until("Ready again", Duration::from_secs(120), || {
+        phase_and_message(&name).0 == "Ready"
+    });
+    let out = carol.kubectl(
+        &[
+            "--context",
+            "host",
+            "annotate",
+            "--overwrite",
+            "vc",
+            &name,
+            &format!("vkube.dev/sleep-requested={}", now_rfc3339()),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // A request held while the old control plane is still stopping waits for that and a whole
+    // start; when that takes longer than kubectl's fixed 10 s TLS handshake timeout (a busy
+    // machine), kubectl gives up on a connection that was held, never refused, and its retry
+    // is answered.
+    let falling = Instant::now();
+    let (mut answered, mut retried) = (0, 0);
+    while falling.elapsed() < Duration::from_secs(15) {
+        let mut out = carol.kubectl(&["get", "namespaces"], None);
+        if !out.status.success() && text(&out).contains("TLS handshake timeout") {
+            retried += 1;
+            out = carol.kubectl(&["get", "namespaces"], None);
+        }
+        assert!(
+            out.status.success(),
+            "a request {:.1} s into the fall asleep: {}",
+            falling.elapsed().as_secs_f64(),
+            text(&out)
+        );
+        answered += 1;
+    }
+    report(&format!(
+        "MEASURE {answered} requests during a fall asleep, all answered ({retried} after kubectl's handshake timeout)"
+    ));
+
+    // The manager restarts mid-wake: the new one finishes it, and requests work.
+    carol.vkube_ok(&["sleep", &name]);
+    let out = carol.kubectl(
+        &[
+            "--context",
+            "host",
+            "annotate",
+            "--overwrite",
+            "vc",
+            &name,
+            &format!("vkube.dev/wake-requested={}", now_rfc3339()),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("waking", Duration::from_secs(30), || {
+        phase_and_message(&name).0 == "Starting"
+    });
+    common::kubectl_ok(
+        &admin(),
+        &[
+            "delete",
+            "pod",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=manager",
+            "--wait=false",
+        ],
+    );
+    wait_until(
+        "a request answered after the manager's restart",
+        Duration::from_secs(180),
+        || carol.kubectl(&["get", "pods"], None).status.success(),
+    );
+    wait_until("Ready after the restart", Duration::from_secs(120), || {
+        phase_and_message(&name).0 == "Ready"
+    });
+    wait_until(
+        "no waker endpoint after the restart",
+        Duration::from_secs(30),
+        || {
+            !exists(&[
+                "get",
+                "endpointslice",
+                "vkube-waker",
+                "-n",
+                &ns,
+                "-o",
+                "name",
+                "--ignore-not-found",
+            ])
+        },
+    );
+
+    // Another tenant's pod reaches neither a sleeping cluster's Service nor its waker port in
+    // the manager's pod (it would wake it, and be spliced to its API): its egress policy
+    // closes both. Its own API it reaches (the probe can tell). The probe sends the first
+    // bytes of a TLS handshake, what the waker wakes a cluster for.
+    let dave = Dev::new(&devs.0, "dave");
+    let other = unique("other");
+    let other_ns = format!("vkube-{other}");
+    let _other_volume = Volume::for_cluster(&other);
+    let _other_cleanup = Cleanup(other.clone());
+    dave.vkube_ok(&["create", &other, "--no-switch", "--wait", "240"]);
+    dave.vkube_ok(&["sleep", &other]);
+    let other_ip = jsonpath_admin(
+        &["get", "service", &format!("vkube-{other}"), "-n", &other_ns],
+        "{.spec.clusterIP}",
+    );
+    let waker = jsonpath_admin(
+        &["get", "endpointslice", "vkube-waker", "-n", &other_ns],
+        "{.endpoints[0].addresses[0]} {.ports[0].port}",
+    );
+    let (waker_ip, waker_port) = waker.split_once(' ').expect("the waker's address and port");
+    let connects = |host: &str, port: &str| {
+        let out = carol.kubectl(
+            &[
+                "exec",
+                "deploy/web",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "printf '\\026\\003\\001' | nc -w 3 {host} {port} >/dev/null && echo CONNECTED || echo REFUSED"
+                ),
+            ],
+            None,
+        );
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            said.contains("CONNECTED") || said.contains("REFUSED"),
+            "{}",
+            text(&out)
+        );
+        said.contains("CONNECTED")
+    };
+    assert!(connects(&cluster_ip, "443"), "its own API");
+    assert!(
+        !connects(&other_ip, "443"),
+        "another tenant's sleeping Service"
+    );
+    assert!(!connects(waker_ip, waker_port), "another tenant's waker");
+    std::thread::sleep(Duration::from_secs(5));
+    let (phase, message) = phase_and_message(&other);
+    assert!(
+        phase == "Sleeping" && message.starts_with("asleep"),
+        "the other tenant was woken: {phase} {message}"
+    );
+    assert!(host_pods(&other_ns).is_empty());
+    dave.vkube_ok(&["delete", &other]);
+
+    // Paused: a sleep that no request ends.
+    carol.vkube_ok(&["pause", &name]);
+    let out = carol.kubectl(&["get", "pods", "--request-timeout", "5s"], None);
+    assert!(!out.status.success(), "a paused cluster answered");
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(phase_and_message(&name).0, "Paused");
+    assert_eq!(
+        jsonpath_admin(
+            &["get", "statefulset", "vkube", "-n", &ns],
+            "{.spec.replicas}"
+        ),
+        "0"
+    );
+    assert!(host_pods(&ns).is_empty());
+    carol.vkube_ok(&["resume", &name]);
+    carol.kubectl_ok(&["get", "pods"]);
+    carol.vkube_ok(&["delete", &name]);
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+        .unwrap()
+        .to_string()
+}

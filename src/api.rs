@@ -22,6 +22,13 @@ pub const FINALIZER: &str = "vkube.dev/cleanup";
 /// cluster issued before this time are refused and a new admin kubeconfig is published. The
 /// manager passes it to the control plane as `vkube serve --credentials-not-before`.
 pub const CREDENTIALS_NOT_BEFORE_ANNOTATION: &str = "vkube.dev/credentials-not-before";
+/// `vkube sleep` (RFC 3339): the owner asks the cluster to sleep now; the first request to its
+/// API wakes it again. A request newer than the last wake takes effect.
+pub const SLEEP_REQUESTED_ANNOTATION: &str = "vkube.dev/sleep-requested";
+/// `vkube wake` (RFC 3339): the owner asks a sleeping cluster to start now.
+pub const WAKE_REQUESTED_ANNOTATION: &str = "vkube.dev/wake-requested";
+/// What `spec.sleepAfter` accepts: a duration in hours, minutes and seconds, or `never`.
+pub const SLEEP_AFTER_PATTERN: &str = "^(never|([0-9]+[hms])+)$";
 
 /// A virtual Kubernetes cluster: its own control plane in a host namespace, its pods run on the
 /// host's nodes.
@@ -41,6 +48,7 @@ pub const CREDENTIALS_NOT_BEFORE_ANNOTATION: &str = "vkube.dev/credentials-not-b
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.kubernetesVersion"}"#,
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".status.owner"}"#,
     printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
+    printcolumn = r#"{"name":"Sleep After","type":"string","jsonPath":".spec.sleepAfter","priority":1}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -60,12 +68,15 @@ pub struct VirtualClusterSpec {
     /// How the tenant API is reached.
     #[serde(default)]
     pub expose: Exposure,
-    /// Idle time after which the cluster may be put to sleep (e.g. "30m"). Recorded, not yet
-    /// acted on: see the README.
+    /// Time without API requests after which the cluster sleeps ("30m", "2h", "1h30m"; at least
+    /// 1m): its control plane stops and its host pods are removed, all state kept, and the
+    /// first request to its API wakes it. Empty: the admin's default; "never" (only where the
+    /// admin sets no maximum): it never sleeps by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(SLEEP_AFTER_PATTERN))]
     pub sleep_after: Option<String>,
     /// Paused: the control plane is scaled to zero and the tenant's host pods are removed; the
-    /// virtual objects stay in the datastore.
+    /// virtual objects stay in the datastore. Unlike sleep, no request ends a pause.
     #[serde(default)]
     pub paused: bool,
 }
@@ -176,6 +187,12 @@ pub struct VirtualClusterStatus {
     pub owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `vkube sleep` and `vkube wake` (their annotations' values) the manager acted
+    /// on: a request is new when its annotation differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_sleep_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_wake_request: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -187,6 +204,10 @@ pub enum Phase {
     Ready,
     /// Paused by the owner: no control plane, no host pods; state kept.
     Paused,
+    /// Asleep (idle for `sleepAfter`, or `vkube sleep`): no control plane, no host pods, state
+    /// kept; the first request to its API wakes it. The `Sleeping` condition says why and since
+    /// when.
+    Sleeping,
     /// Policy forbids it; see the message. Nothing was created on the host.
     Refused,
     /// Something failed that the manager keeps retrying; see the message.
@@ -201,6 +222,7 @@ impl Phase {
             Phase::Starting => "Starting",
             Phase::Ready => "Ready",
             Phase::Paused => "Paused",
+            Phase::Sleeping => "Sleeping",
             Phase::Refused => "Refused",
             Phase::Failed => "Failed",
             Phase::Deleting => "Deleting",
@@ -263,7 +285,15 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Phase", "Version", "Owner", "Paused", "Endpoint", "Age"]
+            [
+                "Phase",
+                "Version",
+                "Owner",
+                "Paused",
+                "Sleep After",
+                "Endpoint",
+                "Age"
+            ]
         );
     }
 
@@ -284,6 +314,25 @@ mod tests {
                 "{path} is stale: run `cargo run -- crd > {path}`"
             );
         }
+    }
+
+    /// The CRD refuses what the manager could not parse, for everyone (admission may be off).
+    #[test]
+    fn sleep_after_has_the_managers_pattern() {
+        let crd = serde_json::to_value(VirtualCluster::crd()).unwrap();
+        let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["sleepAfter"];
+        assert_eq!(field["pattern"], SLEEP_AFTER_PATTERN, "{field}");
+        assert!(crate::manager::sleep::parse_duration("1h30m").is_ok());
+        assert_eq!(
+            SLEEP_AFTER_PATTERN,
+            format!(
+                "^(never|{})$",
+                crate::manager::sleep::DURATION_PATTERN
+                    .trim_start_matches('^')
+                    .trim_end_matches('$')
+            )
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct ServeOptions {
     pub kubeconfig_out: Option<PathBuf>,
     pub kubeconfig_server: Option<String>,
     pub startup_timeout: Duration,
+    /// How long to keep serving after the shutdown signal before stopping.
+    pub shutdown_delay: Duration,
     /// Client certificates issued before this are revoked (`--credentials-not-before`, RFC 3339);
     /// the admin certificate is re-issued after it.
     pub credentials_not_before: Option<String>,
@@ -385,9 +387,13 @@ pub async fn run(
         tenant: opts.name.clone(),
         not_before: spec.credentials_not_before,
     };
+    let activity = crate::proxy::activity::Activity::new();
     let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router, client_certs)
     {
-        Ok(c) => c,
+        Ok(c) => ProxyConfig {
+            activity: Some(activity.clone()),
+            ..c
+        },
         Err(e) => {
             control_plane.stop().await;
             return Err(e);
@@ -418,6 +424,13 @@ pub async fn run(
         control_plane.stop().await;
         return Err(e);
     }
+    let activity_task = tokio::spawn(publish_activity(
+        host.clone(),
+        namespace.clone(),
+        opts.name.clone(),
+        activity,
+        stop_tx.subscribe(),
+    ));
     let binding_task = tokio::spawn(crate::credentials::keep_admin_binding(
         virt_client.clone(),
         stop_tx.subscribe(),
@@ -556,6 +569,12 @@ pub async fn run(
     );
 
     shutdown.await;
+    if !opts.shutdown_delay.is_zero() {
+        // Endpoints drop a terminating pod at once, kube-proxy a moment later: requests that
+        // still come here meanwhile are answered.
+        tracing::info!(vcluster = %opts.name, delay = ?opts.shutdown_delay, "shutting down after the delay");
+        tokio::time::sleep(opts.shutdown_delay).await;
+    }
     tracing::info!(vcluster = %opts.name, "shutting down");
     let _ = syncer_stop.send(());
     if let Some(task) = syncer_task {
@@ -570,6 +589,9 @@ pub async fn run(
     if let Some(task) = dns_task {
         let _ = task.await;
     }
+    // The last use is written once more on the way out: a request that came in while the
+    // manager was putting the cluster to sleep wakes it again (see `manager::sleep`).
+    let _ = activity_task.await;
     let _ = binding_task.await;
     let _ = renew_task.await;
     control_plane.stop().await;
@@ -579,6 +601,87 @@ pub async fn run(
     }
     tracing::info!(vcluster = %opts.name, "stopped");
     Ok(())
+}
+
+/// Publishes the cluster's last use (`proxy::activity`) as the `renewTime` of the Lease
+/// [`crate::proxy::activity::LEASE`] in the host namespace (and when the latest request
+/// started as its `acquireTime`), for the manager's sleep decision:
+/// at once after a quiet spell, then at most every 30 s while the cluster is used, nothing while
+/// it is idle, and once more when `stop` flips (shutdown). Failures are logged and retried.
+async fn publish_activity(
+    host: kube::Client,
+    namespace: String,
+    tenant: String,
+    activity: std::sync::Arc<crate::proxy::activity::Activity>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::proxy::activity::{LEASE, PUBLISH_EVERY};
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let api: kube::Api<Lease> = kube::Api::namespaced(host, &namespace);
+    let mut published: Option<k8s_openapi::jiff::Timestamp> = None;
+    let mut written_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let Some(last) = activity.last() else {
+            if stopping {
+                return;
+            }
+            continue;
+        };
+        let due = written_at.is_none_or(|w| w.elapsed() >= PUBLISH_EVERY);
+        if published.is_none_or(|p| last > p) && (due || stopping) {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(LEASE.into()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(
+                        [
+                            (
+                                crate::host::LABEL_MANAGED_BY.to_string(),
+                                "vkube".to_string(),
+                            ),
+                            (
+                                crate::host::LABEL_VIRTUAL_CLUSTER.to_string(),
+                                tenant.clone(),
+                            ),
+                        ]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(format!("vkube serve {tenant}")),
+                    renew_time: Some(MicroTime(last)),
+                    acquire_time: activity.last_start().map(MicroTime),
+                    ..Default::default()
+                }),
+            };
+            let params = kube::api::PatchParams::apply(crate::host::FIELD_MANAGER).force();
+            match api
+                .patch(LEASE, &params, &kube::api::Patch::Apply(&lease))
+                .await
+            {
+                Ok(_) => {
+                    published = Some(last);
+                    written_at = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    lease = LEASE,
+                    "publishing the last use of the cluster failed (the Role in manifests/serve-rbac.yaml grants leases); retrying"
+                ),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 async fn default_service_account(client: &kube::Client, timeout: Duration) -> bool {
@@ -629,6 +732,7 @@ fn proxy_config(
         tokens: TokenAuthenticator::new(internal),
         client_certs,
         pods: Some(pods),
+        activity: None,
     })
 }
 

@@ -10,6 +10,7 @@
 pub mod procs;
 pub mod proxy;
 pub mod stats;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

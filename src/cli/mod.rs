@@ -56,6 +56,11 @@ enum Command {
     Pause(platform::NameArgs),
     /// Start a paused virtual cluster again.
     Resume(platform::NameArgs),
+    /// Put a virtual cluster to sleep now: like pause, but the first request to its API wakes
+    /// it again.
+    Sleep(platform::NameArgs),
+    /// Wake a sleeping virtual cluster now (its first request would too).
+    Wake(platform::NameArgs),
     /// Revoke every credential of a virtual cluster issued until now (e.g. a leaked kubeconfig)
     /// and fetch the new admin kubeconfig.
     RotateCredentials(platform::RotateArgs),
@@ -78,6 +83,34 @@ enum BenchCommand {
     /// The same request mix straight to the virtual kube-apiserver and through vkube's proxy;
     /// port-forward through a virtual pod vs its host pod.
     Proxy(BenchProxyArgs),
+    /// Sleep and wake on a real node with the platform installed (hack/bench-wake.sh): the first
+    /// request to a sleeping cluster vs resume from pause; a sleeping tenant's footprint; density.
+    Wake(BenchWakeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchWakeArgs {
+    /// The VirtualCluster (running on the real node).
+    #[arg(long)]
+    name: String,
+    /// The real node (its kubelet's stats).
+    #[arg(long)]
+    node: String,
+    /// Host kubeconfig (the admin's).
+    #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    #[arg(long, default_value = "vkube-system")]
+    manager_namespace: String,
+    /// How many waker ports the chart gives (manager.waker).
+    #[arg(long, default_value_t = 10_000)]
+    waker_ports: usize,
+    #[arg(long, default_value_t = 240)]
+    timeout_seconds: u64,
+    /// Write the JSON report here (it is always printed to stdout too).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -222,6 +255,12 @@ struct ServeArgs {
     /// Give up if the virtual API is not ready within this many seconds.
     #[arg(long, default_value_t = 120)]
     startup_timeout_seconds: u64,
+    /// On SIGTERM, keep serving this many seconds before stopping (as kube-apiserver's
+    /// --shutdown-delay-duration): clients already routed here are answered while the Service
+    /// stops sending new ones (the manager sets it, so a request during a fall asleep is
+    /// answered, not cut).
+    #[arg(long, env = "VKUBE_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    shutdown_delay_seconds: u64,
     /// Revoke every client certificate issued before this time (RFC 3339, e.g. the time a
     /// kubeconfig leaked): the proxy refuses them and a new admin certificate is issued and
     /// published. Keep passing the same value on later starts.
@@ -375,6 +414,28 @@ struct ManagerArgs {
     /// Host kubeconfig (default: in-cluster config, then $KUBECONFIG).
     #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// The manager pod's IP: sleeping clusters' API Services get an endpoint there (the
+    /// waker), so their first request wakes them. Without it, a sleeping cluster refuses
+    /// connections until `vkube wake`.
+    #[arg(long, env = "POD_IP")]
+    waker_address: Option<std::net::IpAddr>,
+    /// Ports the waker may listen on, one per sleeping cluster (FIRST-LAST); the chart opens
+    /// them in the manager's NetworkPolicy.
+    #[arg(long, env = "VKUBE_WAKER_PORTS", default_value = "20000-29999", value_parser = parse_port_range)]
+    waker_ports: std::ops::RangeInclusive<u16>,
+}
+
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{text:?} is not a port range FIRST-LAST (e.g. 20000-29999)");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 pub fn main() -> ExitCode {
@@ -401,6 +462,8 @@ pub fn main() -> ExitCode {
             Command::Delete(args) => platform::delete(args).await,
             Command::Pause(args) => platform::pause(args, true).await,
             Command::Resume(args) => platform::pause(args, false).await,
+            Command::Sleep(args) => platform::sleep(args).await,
+            Command::Wake(args) => platform::wake(args).await,
             Command::RotateCredentials(args) => platform::rotate_credentials(args).await,
             Command::PortForward(args) => platform::port_forward(args).await,
             Command::Crd => {
@@ -410,6 +473,7 @@ pub fn main() -> ExitCode {
             Command::Manager(args) => manager_command(args).await,
             Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench_proxy_command(args).await,
+            Command::Bench(BenchCommand::Wake(args)) => bench_wake_command(args).await,
         }
     });
     match result {
@@ -530,6 +594,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         kubeconfig_out: args.kubeconfig_out,
         kubeconfig_server: args.kubeconfig_server,
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         credentials_not_before: args.credentials_not_before,
         syncer: (!args.no_sync).then_some(serve::SyncerOptions {
             concurrency: args.sync_concurrency.max(1),
@@ -655,10 +720,37 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
             policy,
             lease,
             own_namespace,
+            waker: args
+                .waker_address
+                .map(|address| vkube::manager::WakerOptions {
+                    address,
+                    ports: args.waker_ports.clone(),
+                }),
+            instance: std::env::var("POD_NAME").ok(),
         },
         shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+async fn bench_wake_command(args: BenchWakeArgs) -> anyhow::Result<()> {
+    let (host, _) = host::host_client(args.kubeconfig.as_deref()).await?;
+    let bench = vkube::bench::wake::WakeBench {
+        name: args.name,
+        runs: args.runs,
+        node: args.node,
+        manager_namespace: args.manager_namespace,
+        waker_ports: args.waker_ports,
+        timeout: Duration::from_secs(args.timeout_seconds),
+    };
+    let report = vkube::bench::wake::run(host, &bench).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}");
+    eprint!("{}", vkube::bench::wake::table(&report));
     Ok(())
 }
 

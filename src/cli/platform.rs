@@ -1,5 +1,5 @@
 //! The developer's commands against the vkube platform (the VirtualCluster API installed by the
-//! chart): create, connect, list, delete, pause, resume, rotate-credentials. They talk to the host cluster with the
+//! chart): create, connect, list, delete, pause, resume, sleep, wake, rotate-credentials. They talk to the host cluster with the
 //! developer's own kubeconfig (--kubeconfig, --context, $KUBECONFIG) and write a `vkube-NAME`
 //! context into it, as kind and vcluster do.
 
@@ -14,7 +14,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig, NamedContext};
 
 use vkube::api::{
-    CREDENTIALS_NOT_BEFORE_ANNOTATION, OWNER_ANNOTATION, Phase, VirtualCluster, VirtualClusterSpec,
+    CREDENTIALS_NOT_BEFORE_ANNOTATION, OWNER_ANNOTATION, Phase, SLEEP_REQUESTED_ANNOTATION,
+    VirtualCluster, VirtualClusterSpec, WAKE_REQUESTED_ANNOTATION,
 };
 use vkube::host::{KUBECONFIG_KEY, kubeconfig_secret_name};
 use vkube::manager::objects;
@@ -728,7 +729,9 @@ pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         .map_err(|e| explain(e, &args.name, "connect to"))?;
     let status = vc.status.clone().unwrap_or_default();
     match status.phase {
-        Some(Phase::Ready) => {}
+        // A sleeping cluster wakes on its first request (or, through a port-forward, when
+        // the forward finds no control plane).
+        Some(Phase::Ready | Phase::Sleeping) => {}
         Some(Phase::Paused) => bail!(
             "virtual cluster {:?} is paused: `vkube resume {}` first",
             args.name,
@@ -841,24 +844,55 @@ pub async fn port_forward(args: PortForwardArgs) -> anyhow::Result<()> {
 }
 
 /// Each local connection becomes a port-forward stream to the control plane pod's API port.
+/// A port-forward needs the pod: when a sleeping cluster has none, the connection asks it to
+/// wake (as a request through its Service would) and goes on once it is ready.
 async fn forward(
     client: kube::Client,
     name: &str,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client, &objects::host_namespace(name));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &objects::host_namespace(name));
+    let vcs: Api<VirtualCluster> = Api::all(client.clone());
     let pod = objects::control_plane_pod(name);
     loop {
         let (mut conn, _) = listener.accept().await?;
         let pods = pods.clone();
         let pod = pod.clone();
+        let (vcs, name) = (vcs.clone(), name.to_string());
         tokio::spawn(async move {
             let port = objects::LISTEN_PORT as u16;
             let mut pf = match pods.portforward(&pod, &[port]).await {
                 Ok(pf) => pf,
-                Err(e) => {
-                    eprintln!("port-forward to {pod}: {e}");
-                    return;
+                Err(first) => {
+                    let asleep = matches!(
+                        vcs.get_opt(&name).await,
+                        Ok(Some(vc)) if vc.status.as_ref().and_then(|s| s.phase) == Some(Phase::Sleeping)
+                    );
+                    if !asleep {
+                        eprintln!("port-forward to {pod}: {first}");
+                        return;
+                    }
+                    eprintln!("virtual cluster {name:?} is asleep: waking it");
+                    if let Err(e) = request_wake(&vcs, &name).await {
+                        eprintln!("waking {name:?}: {e:#}");
+                        return;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    loop {
+                        if let Ok(pf) = pods.portforward(&pod, &[port]).await
+                            && matches!(
+                                vcs.get_opt(&name).await,
+                                Ok(Some(vc)) if vc.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                            )
+                        {
+                            break pf;
+                        }
+                        if Instant::now() > deadline {
+                            eprintln!("virtual cluster {name:?} did not wake within 120 s");
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
                 }
             };
             let Some(mut upstream) = pf.take_stream(port) else {
@@ -941,10 +975,30 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For a sleeping or paused cluster: why, and how long it has been so (the `Sleeping`
+/// condition's reason and transition time).
+fn sleeping_since(vc: &VirtualCluster, now: k8s_openapi::jiff::Timestamp) -> (String, String) {
+    let Some(c) = vc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Sleeping"))
+        .filter(|c| c.status == "True")
+    else {
+        return (String::new(), String::new());
+    };
+    let since = c
+        .last_transition_time
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|t| human_age(now.as_second() - t.as_second()))
+        .unwrap_or_default();
+    (c.reason.to_lowercase(), since)
+}
+
 fn table(items: &[VirtualCluster], now: k8s_openapi::jiff::Timestamp) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
         "PHASE".into(),
+        "SINCE".into(),
         "VERSION".into(),
         "OWNER".into(),
         "ENDPOINT".into(),
@@ -958,9 +1012,16 @@ fn table(items: &[VirtualCluster], now: k8s_openapi::jiff::Timestamp) -> String 
             .as_ref()
             .map(|t| human_age(now.as_second() - t.0.as_second()))
             .unwrap_or_default();
+        let phase = s.phase.map(Phase::as_str).unwrap_or("Pending");
+        let (why, since) = sleeping_since(vc, now);
+        let phase = match s.phase {
+            Some(Phase::Sleeping) if !why.is_empty() => format!("{phase} ({why})"),
+            _ => phase.to_string(),
+        };
         rows.push([
             vc.metadata.name.clone().unwrap_or_default(),
-            s.phase.map(Phase::as_str).unwrap_or("Pending").into(),
+            phase,
+            since,
             s.kubernetes_version.unwrap_or_default(),
             s.owner.unwrap_or_default(),
             s.endpoint.unwrap_or_default(),
@@ -970,7 +1031,7 @@ fn table(items: &[VirtualCluster], now: k8s_openapi::jiff::Timestamp) -> String 
     if items.is_empty() {
         return "No virtual clusters. Create one with `vkube create NAME`.\n".into();
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -1066,6 +1127,125 @@ pub async fn pause(args: NameArgs, paused: bool) -> anyhow::Result<()> {
         "Virtual cluster {:?} {} ({:.1} s).",
         args.name,
         if paused { "paused" } else { "resumed" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Writes one of the owner's requests (`vkube sleep`, `vkube wake`): the annotation with the
+/// current time. The manager acts on a value it has not acted on yet (it records the last one
+/// in the status), so clocks need not agree; the time is for people to read.
+async fn request(
+    api: &Api<VirtualCluster>,
+    name: &str,
+    annotation: &str,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let at = k8s_openapi::jiff::Timestamp::now();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"annotations": {annotation: at.to_string()}}
+        })),
+    )
+    .await
+    .map_err(|e| explain(e, name, verb))?;
+    Ok(())
+}
+
+async fn request_wake(api: &Api<VirtualCluster>, name: &str) -> anyhow::Result<()> {
+    request(api, name, WAKE_REQUESTED_ANNOTATION, "wake").await
+}
+
+/// `vkube sleep NAME`: the cluster sleeps now (its control plane stops, its host pods go, all
+/// state kept); the first request to its API, or `vkube wake`, wakes it.
+pub async fn sleep(args: NameArgs) -> anyhow::Result<()> {
+    vkube::names::validate_tenant_name(&args.name)?;
+    let host = host(&args.cluster).await?;
+    let api: Api<VirtualCluster> = Api::all(host.client.clone());
+    let started = Instant::now();
+    let vc = api
+        .get(&args.name)
+        .await
+        .map_err(|e| explain(e, &args.name, "put to sleep"))?;
+    if vc.spec.paused {
+        bail!(
+            "virtual cluster {:?} is paused (a pause is a sleep no request ends): `vkube resume {}` first",
+            args.name,
+            args.name
+        );
+    }
+    request(&api, &args.name, SLEEP_REQUESTED_ANNOTATION, "put to sleep").await?;
+    let deadline = started + Duration::from_secs(args.wait_seconds);
+    let mut shown = None;
+    loop {
+        let vc = api
+            .get(&args.name)
+            .await
+            .map_err(|e| explain(e, &args.name, "read"))?;
+        let s = vc.status.clone().unwrap_or_default();
+        let message = s.message.clone().unwrap_or_default();
+        if shown.as_ref() != Some(&message) {
+            eprintln!(
+                " • {:>5.1}s  {:<12} {message}",
+                started.elapsed().as_secs_f64(),
+                s.phase.map(Phase::as_str).unwrap_or("")
+            );
+            shown = Some(message.clone());
+        }
+        if s.phase == Some(Phase::Sleeping) && message.starts_with(vkube::manager::ASLEEP) {
+            break;
+        }
+        if s.phase == Some(Phase::Refused) {
+            bail!("{message}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "virtual cluster {:?} is not asleep after {} s: {message}",
+                args.name,
+                args.wait_seconds
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "Virtual cluster {:?} is asleep ({:.1} s): its first request wakes it.",
+        args.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `vkube wake NAME`: start a sleeping cluster now and wait until it is ready.
+pub async fn wake(args: NameArgs) -> anyhow::Result<()> {
+    vkube::names::validate_tenant_name(&args.name)?;
+    let host = host(&args.cluster).await?;
+    let api: Api<VirtualCluster> = Api::all(host.client.clone());
+    let started = Instant::now();
+    let vc = api
+        .get(&args.name)
+        .await
+        .map_err(|e| explain(e, &args.name, "wake"))?;
+    if vc.spec.paused {
+        bail!(
+            "virtual cluster {:?} is paused, and no request ends a pause: `vkube resume {}`",
+            args.name,
+            args.name
+        );
+    }
+    request_wake(&api, &args.name).await?;
+    let deadline = started + Duration::from_secs(args.wait_seconds);
+    // The manager may not have seen the request yet: Ready from before counts only once the
+    // cluster is no longer asleep.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    wait_for(&api, &args.name, deadline, started, |p| {
+        p == Phase::Ready || p == Phase::Refused
+    })
+    .await?;
+    eprintln!(
+        "Virtual cluster {:?} is awake ({:.1} s).",
+        args.name,
         started.elapsed().as_secs_f64()
     );
     Ok(())

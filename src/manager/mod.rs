@@ -15,6 +15,8 @@
 pub mod lease;
 pub mod objects;
 pub mod policy;
+pub mod sleep;
+pub mod waker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +24,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, Pod, ResourceQuota, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::Subject;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -101,6 +105,19 @@ pub struct Context {
     pub manager: Subject,
     /// The manager's own namespace (the chart's release namespace): no cluster may get it.
     pub own_namespace: Option<String>,
+    /// Holds requests for sleeping clusters and wakes them; `None`: sleeping clusters refuse
+    /// connections until `vkube wake`.
+    pub waker: Option<Arc<waker::Waker>>,
+    /// Events on VirtualClusters (sleep, wake, pause, resume).
+    pub recorder: Option<kube::runtime::events::Recorder>,
+}
+
+/// Where the waker listens: the manager pod's IP (what the sleeping clusters' Services get as
+/// their endpoint) and the ports it may use, one per sleeping cluster.
+#[derive(Debug, Clone)]
+pub struct WakerOptions {
+    pub address: std::net::IpAddr,
+    pub ports: std::ops::RangeInclusive<u16>,
 }
 
 pub struct ManagerOptions {
@@ -109,6 +126,9 @@ pub struct ManagerOptions {
     /// The release namespace (POD_NAMESPACE); default: the namespace of the manager's
     /// ServiceAccount.
     pub own_namespace: Option<String>,
+    pub waker: Option<WakerOptions>,
+    /// This replica's name for Events (POD_NAME).
+    pub instance: Option<String>,
 }
 
 /// Who the host says the manager is (a ServiceAccount in the chart).
@@ -149,7 +169,34 @@ pub async fn run(
     let manager = objects::subject_for_user(&me);
     let own_namespace = opts.own_namespace.or_else(|| manager.namespace.clone());
     tracing::info!(identity = %me, namespace = ?own_namespace, "reconciling as");
-    let controller = Controller::new(vcs, watcher::Config::default());
+    let mut controller = Controller::new(vcs, watcher::Config::default());
+    let waker = match opts.waker {
+        Some(w) => {
+            let (waker, wakes) = waker::Waker::new(w.address, w.ports.clone());
+            tracing::info!(address = %w.address, ports = ?w.ports, "waker ready: sleeping clusters wake on their first request");
+            // A request waiting (or a control plane that just answered) is reconciled now.
+            let wakes = futures::stream::unfold(wakes, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|name| (kube::runtime::reflector::ObjectRef::new(&name), rx))
+            });
+            controller = controller.reconcile_on(wakes);
+            Some(waker)
+        }
+        None => {
+            tracing::warn!(
+                "no waker address (POD_IP): sleeping clusters refuse connections until `vkube wake`"
+            );
+            None
+        }
+    };
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: opts.instance.clone(),
+        },
+    );
     let ctx = Arc::new(Context {
         client,
         policy: opts.policy,
@@ -157,6 +204,8 @@ pub async fn run(
         resync: Duration::from_secs(30),
         manager,
         own_namespace,
+        waker,
+        recorder: Some(recorder),
     });
     // Stop on the signal, or when the lease is lost (another replica may be reconciling).
     let lost_reason: Arc<std::sync::Mutex<Option<lease::LeaseError>>> = Default::default();
@@ -415,7 +464,7 @@ async fn ensure_namespace(
 
 async fn refuse(ctx: &Context, vc: &VirtualCluster, why: String) -> Result<Action, Error> {
     tracing::info!(reason = %why, "refused");
-    set_status(ctx, vc, Phase::Refused, why, Probe::None).await?;
+    set_status(ctx, vc, Phase::Refused, why, Probe::None, None).await?;
     Ok(Action::await_change())
 }
 
@@ -474,10 +523,62 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         Ok(r) => r,
         Err(refusal @ Refusal(_)) => return refuse(ctx, vc, refusal.to_string()).await,
     };
+    // Sleep or wake, decided before anything is applied, and recorded before it is acted on
+    // (the Sleeping condition's transition time is when): a restarted manager carries on.
+    let recorded = recorded_sleep(vc);
+    let activity = last_activity(&ctx.client, &ns).await;
+    let updated: VirtualCluster;
+    let mut vc = vc;
+    let decision = sleep::decide(&sleep::Facts {
+        now: k8s_openapi::jiff::Timestamp::now(),
+        paused: vc.spec.paused,
+        sleep_after: resolved.sleep_after,
+        recorded,
+        last_activity: activity.map(|a| a.0),
+        last_request: activity.and_then(|a| a.1),
+        sleep_requested: resolved.sleep_requested.is_some()
+            && resolved.sleep_requested
+                != vc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_sleep_request.clone()),
+        wake_requested: resolved.wake_requested.is_some()
+            && resolved.wake_requested
+                != vc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_wake_request.clone()),
+        waiting: ctx.waker.as_ref().map_or(0, |w| w.waiting(&name)),
+    });
+    let want = decision.want;
+    if decision.cause != sleep::Cause::Unchanged {
+        announce(ctx, vc, &decision, &resolved).await;
+    }
+    if sleep::condition_of(want) != recorded_condition(recorded) {
+        let (phase, message) = match want {
+            sleep::Want::Awake => (Phase::Starting, wake_message(decision.cause)),
+            sleep::Want::Asleep(reason) => (
+                Phase::Sleeping,
+                format!("falling asleep ({})", sleep_reason_text(reason, &resolved)),
+            ),
+            sleep::Want::Paused => (Phase::Paused, "pausing".to_string()),
+        };
+        let written = set_status(ctx, vc, phase, message, Probe::None, Some(want)).await?;
+        // What follows compares with what was just recorded (the transition time stays).
+        updated = VirtualCluster {
+            status: Some(written),
+            ..vc.clone()
+        };
+        vc = &updated;
+        if want == sleep::Want::Awake && matches!(recorded, sleep::Recorded::Asleep { .. }) {
+            // A request may be waiting: start the control plane before anything else.
+            wake_now(ctx, vc, &ns, me).await?;
+        }
+    }
     match ensure_namespace(ctx, vc, objects::namespace(vc, &ctx.policy, &resolved)).await? {
         HostNamespace::Ours => {}
         HostNamespace::Wait(why) => {
-            set_status(ctx, vc, Phase::Provisioning, why, Probe::None).await?;
+            set_status(ctx, vc, Phase::Provisioning, why, Probe::None, None).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         HostNamespace::Foreign(why) => return refuse(ctx, vc, why).await,
@@ -518,7 +619,11 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
     let Some(cluster_ip) = svc.spec.and_then(|s| s.cluster_ip) else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
-    for obj in objects::namespaced(vc, &ctx.policy, &resolved, Some(&cluster_ip), &ctx.manager)
+    let at = objects::ControlPlaneAt {
+        cluster_ip: &cluster_ip,
+        running: want == sleep::Want::Awake,
+    };
+    for obj in objects::namespaced(vc, &ctx.policy, &resolved, Some(at), &ctx.manager)
         .iter()
         .filter(|o| o.kind == Kind::StatefulSet)
     {
@@ -527,52 +632,370 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let endpoint = format!("https://{cluster_ip}:{}", objects::API_PORT);
-    let probe = Probe::Endpoint {
-        endpoint,
+    let probe = || Probe::Endpoint {
+        endpoint: endpoint.clone(),
         version: resolved.version.clone(),
     };
-    if vc.spec.paused {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let left = pods.list(&ListParams::default()).await?.items;
-        let control_plane_running = left.iter().any(is_control_plane);
-        if !control_plane_running && !left.is_empty() {
-            // The syncer is gone (it would recreate them): remove the tenant's pods. Their
-            // virtual objects stay in the datastore and are synced again on resume.
-            pods.delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await?;
+    match want {
+        sleep::Want::Paused => {
+            // No request ends a pause: nothing may reach the waker.
+            disarm_waker(ctx, &ns, &name, me, None).await?;
+            return wind_down(
+                ctx,
+                vc,
+                &ns,
+                want,
+                "paused by the owner",
+                "pausing",
+                probe(),
+            )
+            .await;
         }
-        if left.is_empty() {
-            set_status(ctx, vc, Phase::Paused, "paused by the owner".into(), probe).await?;
-            return Ok(Action::await_change());
+        sleep::Want::Asleep(reason) => {
+            arm_waker(ctx, vc, &ns, me).await?;
+            let done = format!(
+                "{ASLEEP} ({}); the first request to its API wakes it",
+                sleep_reason_text(reason, &resolved)
+            );
+            return wind_down(ctx, vc, &ns, want, &done, "falling asleep", probe()).await;
         }
-        set_status(
-            ctx,
-            vc,
-            Phase::Paused,
-            format!("pausing: {} host pods left", left.len()),
-            probe,
-        )
-        .await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        sleep::Want::Awake => {}
     }
-    let ready = probe_readyz(&ctx.client, &ns, &name).await;
-    match ready {
-        Ok(()) => {
+    let recheck = decision.recheck.map_or(ctx.resync, |r| {
+        r.min(ctx.resync) + Duration::from_millis(500)
+    });
+    match probe_control_plane(&ctx.client, &ns, &name, &cluster_ip).await {
+        Ok(target) => {
+            // Awake: whatever the waker holds goes through, then the Service loses the waker,
+            // but only once the pod is a ready endpoint of the Service itself (its readiness
+            // probe, then kube-proxy): sooner, the Service has no ready endpoint for a moment
+            // and clients are refused. Meanwhile the waker splices new connections too.
+            let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&objects::control_plane_pod(&name))
+                .await?;
+            let serves = pod
+                .as_ref()
+                .is_some_and(|p| serves_its_service(p, k8s_openapi::jiff::Timestamp::now()));
+            if serves {
+                disarm_waker(ctx, &ns, &name, me, Some(target)).await?;
+            } else if let Some(waker) = &ctx.waker {
+                waker.release(&name, target);
+            }
+            let was = vc.status.as_ref().and_then(|s| s.phase);
             set_status(
                 ctx,
                 vc,
                 Phase::Ready,
                 "the tenant API answers /readyz".into(),
-                probe,
+                probe(),
+                Some(want),
             )
             .await?;
-            Ok(Action::requeue(ctx.resync))
+            if was != Some(Phase::Ready) {
+                announce_ready(ctx, vc).await;
+            }
+            if !serves {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Ok(Action::requeue(recheck))
         }
         Err(why) => {
-            set_status(ctx, vc, Phase::Starting, why, probe).await?;
+            // Waking from sleep (its Service still has the waker): hold what arrives, also
+            // after a manager restart, and splice it the moment the control plane answers.
+            let message = match resume_waker(ctx, vc, &ns, &cluster_ip, me).await? {
+                Some(waiting) => format!("waking: {waiting} requests waiting ({why})"),
+                None => why,
+            };
+            set_status(ctx, vc, Phase::Starting, message, probe(), Some(want)).await?;
             Ok(Action::requeue(Duration::from_secs(1)))
         }
     }
+}
+
+/// The start of the message of a cluster that has finished falling asleep (`vkube sleep`
+/// waits for it).
+pub const ASLEEP: &str = "asleep";
+
+fn sleep_reason_text(reason: sleep::Reason, resolved: &policy::Resolved) -> String {
+    match reason {
+        sleep::Reason::Idle => format!(
+            "no API request for {}",
+            resolved
+                .sleep_after
+                .map(sleep::format_duration)
+                .unwrap_or_else(|| "its sleepAfter".into())
+        ),
+        sleep::Reason::Manual => "asked with vkube sleep".into(),
+    }
+}
+
+fn wake_message(cause: sleep::Cause) -> String {
+    match cause {
+        sleep::Cause::Request => "waking: a request to its API is waiting".into(),
+        sleep::Cause::WakeRequested => "waking: asked with vkube wake".into(),
+        sleep::Cause::LateActivity => {
+            "waking: a request reached it while it was falling asleep".into()
+        }
+        sleep::Cause::Resumed => "resuming".into(),
+        _ => "starting".into(),
+    }
+}
+
+/// The `Sleeping` condition as this manager recorded it; a cluster without one (new, or from
+/// an older manager) counts as awake from now on.
+fn recorded_sleep(vc: &VirtualCluster) -> sleep::Recorded {
+    vc.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == SLEEPING))
+        .and_then(|c| sleep::recorded(&c.status, &c.reason, &c.last_transition_time))
+        .unwrap_or(sleep::Recorded::Awake {
+            since: k8s_openapi::jiff::Timestamp::now(),
+        })
+}
+
+fn recorded_condition(r: sleep::Recorded) -> (&'static str, &'static str) {
+    sleep::condition_of(match r {
+        sleep::Recorded::Awake { .. } => sleep::Want::Awake,
+        sleep::Recorded::Asleep { reason, .. } => sleep::Want::Asleep(reason),
+        sleep::Recorded::Paused { .. } => sleep::Want::Paused,
+    })
+}
+
+/// The last use of the cluster's API and the start of its latest request, as its
+/// `vkube serve` published them (the Lease [`crate::proxy::activity::LEASE`]); `None` when it
+/// never did or cannot be read.
+async fn last_activity(
+    client: &kube::Client,
+    ns: &str,
+) -> Option<(
+    k8s_openapi::jiff::Timestamp,
+    Option<k8s_openapi::jiff::Timestamp>,
+)> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(crate::proxy::activity::LEASE).await {
+        Ok(lease) => {
+            let spec = lease?.spec?;
+            Some((spec.renew_time?.0, spec.acquire_time.map(|t| t.0)))
+        }
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "reading the activity Lease (the chart's ClusterRole vkube-manager-tenant grants leases get)");
+            None
+        }
+    }
+}
+
+/// Starts the control plane at once (a request is waiting), before the rest of the objects
+/// are applied again; the full apply that follows says the same.
+async fn wake_now(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    ns: &str,
+    cluster: For<'_>,
+) -> Result<(), Error> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(sts) = api.get_opt(objects::SYNCER_NAME).await?
+        && objects::is_ours(sts.labels(), cluster.uid)
+        && sts.spec.as_ref().and_then(|s| s.replicas) != Some(1)
+    {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(
+            objects::SYNCER_NAME,
+            &params,
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+    }
+    if let (Some(waker), Some(endpoint)) = (
+        &ctx.waker,
+        vc.status.as_ref().and_then(|s| s.endpoint.clone()),
+    ) && let Some(cluster_ip) = endpoint_host(&endpoint)
+    {
+        watch_ready(ctx, waker, ns, cluster.name, &cluster_ip);
+    }
+    Ok(())
+}
+
+fn endpoint_host(endpoint: &str) -> Option<String> {
+    let uri: http::Uri = endpoint.parse().ok()?;
+    Some(
+        uri.host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+fn watch_ready(ctx: &Context, waker: &Arc<waker::Waker>, ns: &str, name: &str, cluster_ip: &str) {
+    let (client, ns, name2, ip) = (
+        ctx.client.clone(),
+        ns.to_string(),
+        name.to_string(),
+        cluster_ip.to_string(),
+    );
+    waker.watch_ready(name, move || {
+        let (client, ns, name, ip) = (client.clone(), ns.clone(), name2.clone(), ip.clone());
+        async move { probe_control_plane(&client, &ns, &name, &ip).await }
+    });
+}
+
+/// Asleep: the waker listens for the cluster and its API Service has the waker's endpoint
+/// (re-pointed at this manager after a restart, on the port the slice already names).
+async fn arm_waker(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    ns: &str,
+    cluster: For<'_>,
+) -> Result<(), Error> {
+    let Some(waker) = &ctx.waker else {
+        return Ok(());
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = slices
+        .get_opt(objects::WAKER_SLICE)
+        .await?
+        .filter(|s| objects::is_ours(s.labels(), cluster.uid));
+    let preferred = existing
+        .as_ref()
+        .and_then(objects::waker_slice_target)
+        .map(|(_, port)| port);
+    let port = match waker.listen(cluster.name, preferred).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Asleep without a waker: requests are refused until `vkube wake`.
+            tracing::warn!(vcluster = cluster.name, error = %e, "no waker for this cluster");
+            return Ok(());
+        }
+    };
+    if existing.as_ref().and_then(objects::waker_slice_target) == Some((waker.address(), port)) {
+        return Ok(());
+    }
+    let body = objects::waker_slice(vc, waker.address(), port);
+    let what = format!("EndpointSlice {ns}/{}", objects::WAKER_SLICE);
+    if let Put::Conflict(why) =
+        put_owned(&slices, objects::WAKER_SLICE, &body, cluster, &what).await?
+    {
+        tracing::warn!(vcluster = cluster.name, reason = %why, "the waker's EndpointSlice");
+    }
+    Ok(())
+}
+
+/// While starting after a sleep (the waker's slice is still there): keep the waker listening
+/// and the slice pointing at this manager (it may have restarted mid-wake), watch the control
+/// plane come up. Returns how many requests wait, or `None` when this is no wake.
+async fn resume_waker(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    ns: &str,
+    cluster_ip: &str,
+    cluster: For<'_>,
+) -> Result<Option<usize>, Error> {
+    let Some(waker) = &ctx.waker else {
+        return Ok(None);
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(slice) = slices
+        .get_opt(objects::WAKER_SLICE)
+        .await?
+        .filter(|s| objects::is_ours(s.labels(), cluster.uid))
+    else {
+        return Ok(None);
+    };
+    let target = objects::waker_slice_target(&slice);
+    if waker.port(cluster.name).is_none() || target.map(|(ip, _)| ip) != Some(waker.address()) {
+        arm_waker(ctx, vc, ns, cluster).await?;
+    }
+    watch_ready(ctx, waker, ns, cluster.name, cluster_ip);
+    Ok(Some(waker.waiting(cluster.name)))
+}
+
+/// Awake (`target`: where the control plane answers) or paused: held connections go through
+/// (or are closed, when paused), the waker's endpoint leaves the Service, and the listener
+/// closes (after a moment, while kube-proxy catches up, when awake).
+async fn disarm_waker(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    cluster: For<'_>,
+    target: Option<std::net::SocketAddr>,
+) -> Result<(), Error> {
+    if let Some(waker) = &ctx.waker {
+        match target {
+            Some(t) => {
+                waker.release(name, t);
+                waker.close_after(name, waker::LINGER);
+            }
+            None => waker.close(name),
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    delete_if_ours(&slices, objects::WAKER_SLICE, cluster).await?;
+    Ok(())
+}
+
+/// Asleep or paused: once the control plane pod is gone, the tenant's host pods are removed
+/// (the syncer would otherwise have recreated them); their virtual objects stay in the
+/// datastore and are synced again on wake or resume.
+async fn wind_down(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    ns: &str,
+    want: sleep::Want,
+    done: &str,
+    going: &str,
+    probe: Probe,
+) -> Result<Action, Error> {
+    let phase = match want {
+        sleep::Want::Paused => Phase::Paused,
+        _ => Phase::Sleeping,
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let left = pods.list(&ListParams::default()).await?.items;
+    let control_plane_running = left.iter().any(is_control_plane);
+    if !control_plane_running && !left.is_empty() {
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+    }
+    if left.is_empty() {
+        set_status(ctx, vc, phase, done.to_string(), probe, Some(want)).await?;
+        // Nothing changes by itself now: a request, the owner or the admin ends it, and each
+        // of those triggers a reconcile. A slow resync catches what was missed.
+        return Ok(match want {
+            sleep::Want::Paused => Action::await_change(),
+            _ => Action::requeue(Duration::from_secs(300)),
+        });
+    }
+    let message = if control_plane_running {
+        format!("{going}: stopping the control plane")
+    } else {
+        format!("{going}: {} host pods left", left.len())
+    };
+    set_status(ctx, vc, phase, message, probe, Some(want)).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// How long the control plane pod must have been Ready before the Service is left to it alone:
+/// the endpoint controllers and kube-proxy follow its Ready condition a moment later.
+const ENDPOINT_SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether the control plane pod is a ready endpoint of its Service by now: its Ready condition
+/// (the kubelet's readiness probe) has been true for [`ENDPOINT_SETTLE`]. Pure.
+fn serves_its_service(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .is_some_and(|t| {
+            now.duration_since(t.0)
+                >= k8s_openapi::jiff::SignedDuration::try_from(ENDPOINT_SETTLE).unwrap_or_default()
+        })
 }
 
 fn is_control_plane(pod: &Pod) -> bool {
@@ -625,8 +1048,33 @@ async fn apply_namespaced(
 }
 
 /// Asks the tenant API itself, with the kubeconfig `vkube serve` published: a Running pod is not
-/// a working cluster.
-async fn probe_readyz(client: &kube::Client, ns: &str, name: &str) -> Result<(), String> {
+/// a working cluster. It asks the control plane pod directly (verifying the serving certificate
+/// for the Service's `cluster_ip`), never through the Service: while a cluster sleeps or wakes
+/// the Service also leads to the waker, and the manager's own probe must never wake a cluster.
+/// Returns where the control plane answers (for the waker's splice). A pod on its way out
+/// (deleted, e.g. still stopping from a sleep) is not ready, however it answers.
+pub async fn probe_control_plane(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+) -> Result<std::net::SocketAddr, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods
+        .get_opt(&objects::control_plane_pod(name))
+        .await
+        .map_err(|e| format!("reading the control plane pod: {e}"))?
+        .ok_or_else(|| "waiting for the control plane pod".to_string())?;
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err("the previous control plane pod is still stopping".into());
+    }
+    let ip: std::net::IpAddr = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| "waiting for the control plane pod to start".to_string())?;
+    let target = std::net::SocketAddr::new(ip, objects::LISTEN_PORT as u16);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = secrets
         .get_opt(&kubeconfig_secret_name(name))
@@ -638,18 +1086,39 @@ async fn probe_readyz(client: &kube::Client, ns: &str, name: &str) -> Result<(),
         .and_then(|mut d| d.remove(KUBECONFIG_KEY))
         .and_then(|b| String::from_utf8(b.0).ok())
         .ok_or_else(|| "the kubeconfig Secret has no config key".to_string())?;
-    let tenant = crate::kubeconfig::client_from_yaml(&yaml)
+    let tenant = pod_client(&yaml, target, cluster_ip)
         .await
         .map_err(|e| format!("the published kubeconfig is unusable: {e}"))?;
     let req = http::Request::get("/readyz")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(5), tenant.request_text(req)).await {
-        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+        Ok(Ok(body)) if body.trim() == "ok" => Ok(target),
         Ok(Ok(body)) => Err(format!("the tenant API is not ready: {}", body.trim())),
         Ok(Err(e)) => Err(format!("the tenant API does not answer yet: {e}")),
         Err(_) => Err("the tenant API does not answer within 5 s".into()),
     }
+}
+
+/// A client of the published kubeconfig that connects to `target` (the pod) and verifies the
+/// certificate for `server_name` (the Service's IP, which it carries).
+async fn pod_client(
+    yaml: &str,
+    target: std::net::SocketAddr,
+    server_name: &str,
+) -> Result<kube::Client, crate::kubeconfig::KubeconfigError> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    config.cluster_url =
+        format!("https://{target}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| {
+                crate::kubeconfig::KubeconfigError::Render(e.to_string())
+            })?;
+    config.tls_server_name = Some(server_name.to_string());
+    Ok(kube::Client::try_from(config)?)
 }
 
 enum Probe {
@@ -657,23 +1126,50 @@ enum Probe {
     Endpoint { endpoint: String, version: String },
 }
 
+/// The `Sleeping` condition's type.
+pub const SLEEPING: &str = "Sleeping";
+
+/// Writes the status (and returns it as the object now has it). `sleeping`: what the
+/// `Sleeping` condition records now (its transition time moves when its status or reason
+/// changes: that is when the cluster fell asleep or woke), decided with the owner's current
+/// sleep and wake requests, which are therefore recorded as acted on; `None` keeps what is
+/// recorded.
 async fn set_status(
     ctx: &Context,
     vc: &VirtualCluster,
     phase: Phase,
     message: String,
     probe: Probe,
-) -> Result<(), Error> {
+    sleeping: Option<sleep::Want>,
+) -> Result<VirtualClusterStatus, Error> {
     let name = vc.metadata.name.clone().ok_or(Error::NoName)?;
     let old = vc.status.clone().unwrap_or_default();
     let generation = vc.metadata.generation;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let request = |annotation: &str| {
+        vc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotation).cloned())
+    };
+    let (observed_sleep_request, observed_wake_request) = match sleeping {
+        Some(_) => (
+            request(crate::api::SLEEP_REQUESTED_ANNOTATION),
+            request(crate::api::WAKE_REQUESTED_ANNOTATION),
+        ),
+        None => (
+            old.observed_sleep_request.clone(),
+            old.observed_wake_request.clone(),
+        ),
+    };
     let mut status = VirtualClusterStatus {
         phase: Some(phase),
         message: Some(message.clone()),
         conditions: Vec::new(),
         observed_generation: generation,
         owner: objects::owner(vc).map(str::to_string),
+        observed_sleep_request,
+        observed_wake_request,
         ..Default::default()
     };
     if let Probe::Endpoint { endpoint, version } = probe {
@@ -687,13 +1183,13 @@ async fn set_status(
             key: KUBECONFIG_KEY.into(),
         });
     }
-    let (ready, synced, sleeping) = match phase {
-        Phase::Ready => ("True", "True", "False"),
-        Phase::Paused => ("False", "False", "True"),
-        _ => ("False", "Unknown", "False"),
+    let (ready, synced) = match phase {
+        Phase::Ready => ("True", "True"),
+        Phase::Paused | Phase::Sleeping => ("False", "False"),
+        _ => ("False", "Unknown"),
     };
     let reason = phase.as_str();
-    for (type_, value) in [("Ready", ready), ("Synced", synced), ("Sleeping", sleeping)] {
+    for (type_, value) in [("Ready", ready), ("Synced", synced)] {
         status.conditions.push(condition(
             &old.conditions,
             type_,
@@ -704,22 +1200,125 @@ async fn set_status(
             &now,
         ));
     }
+    let recorded = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SLEEPING)
+        .filter(|c| sleep::recorded(&c.status, &c.reason, &c.last_transition_time).is_some());
+    let (value, why) = match (sleeping, recorded) {
+        (Some(want), _) => sleep::condition_of(want),
+        (None, Some(c)) => (
+            if c.status == "True" { "True" } else { "False" },
+            match c.reason.as_str() {
+                sleep::PAUSED => sleep::PAUSED,
+                r => sleep::Reason::parse(r).map_or(sleep::AWAKE, sleep::Reason::as_str),
+            },
+        ),
+        (None, None) => sleep::condition_of(sleep::Want::Awake),
+    };
+    let since = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SLEEPING && c.status == value && c.reason == why)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    status.conditions.push(Condition {
+        type_: SLEEPING.into(),
+        status: value.into(),
+        reason: why.into(),
+        message: match value {
+            "True" => message.clone(),
+            _ => String::new(),
+        },
+        last_transition_time: since,
+        observed_generation: generation,
+    });
     if old.phase == status.phase
         && old.message == status.message
         && old.endpoint == status.endpoint
         && old.observed_generation == status.observed_generation
         && old.owner == status.owner
+        && old.conditions == status.conditions
+        && old.observed_sleep_request == status.observed_sleep_request
+        && old.observed_wake_request == status.observed_wake_request
     {
-        return Ok(());
+        return Ok(old);
     }
     let api: Api<VirtualCluster> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+    Ok(written.status.unwrap_or(status))
+}
+
+/// An Event on the VirtualCluster (in namespace `default`, where Kubernetes keeps the events of
+/// cluster-scoped objects) when it falls asleep, wakes, is paused or resumed. Best effort.
+async fn announce(
+    ctx: &Context,
+    vc: &VirtualCluster,
+    decision: &sleep::Decision,
+    resolved: &policy::Resolved,
+) {
+    use sleep::{Cause, Want};
+    let (reason, note) = match (decision.want, decision.cause) {
+        (Want::Asleep(r), _) => (
+            "Sleeping",
+            format!(
+                "falling asleep ({}): the control plane stops and its host pods are removed, all state kept; the first request to its API wakes it",
+                sleep_reason_text(r, resolved)
+            ),
+        ),
+        (Want::Paused, _) => (
+            "Paused",
+            "paused by the owner: no request wakes it; `vkube resume` does".into(),
+        ),
+        (Want::Awake, Cause::Resumed) => ("Resumed", "resumed by the owner".into()),
+        (Want::Awake, cause) => ("Waking", wake_message(cause)),
+    };
+    publish_event(ctx, vc, reason, note).await;
+}
+
+async fn announce_ready(ctx: &Context, vc: &VirtualCluster) {
+    let since = vc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == SLEEPING))
+        .filter(|c| c.status == "False")
+        .and_then(|c| {
+            c.last_transition_time
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .ok()
+        });
+    let note = match since {
+        Some(t) => format!(
+            "the tenant API answers /readyz, {:.1} s after it was started",
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(t)
+                .as_secs_f64()
+        ),
+        None => "the tenant API answers /readyz".to_string(),
+    };
+    publish_event(ctx, vc, "Ready", note).await;
+}
+
+async fn publish_event(ctx: &Context, vc: &VirtualCluster, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &vc.object_ref(&())).await {
+        tracing::debug!(error = %e, reason, "publishing an Event failed");
+    }
 }
 
 /// A condition whose lastTransitionTime moves only when its status changes.
@@ -805,8 +1404,12 @@ async fn cleanup(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
             Phase::Deleting,
             format!("removing host namespace {ns}"),
             Probe::None,
+            None,
         )
         .await?;
+        if let Some(waker) = &ctx.waker {
+            waker.close(&name);
+        }
         return Err(Error::CleanupPending(ns));
     }
     let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
@@ -924,6 +1527,61 @@ mod tests {
                 };
                 assert!(why.contains("choose another name"), "{why}");
             }
+        }
+    }
+
+    /// The waker leaves the Service only once the pod has been Ready for a moment (the
+    /// endpoint controllers and kube-proxy follow): an API that answers the manager's direct
+    /// probe is not yet an endpoint of the Service.
+    #[test]
+    fn the_service_is_left_to_the_pod_once_it_has_been_ready_a_moment() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T08:00:10Z".parse().unwrap();
+        let pod = |status: &str, at: &str, deleted: bool| Pod {
+            metadata: kube::api::ObjectMeta {
+                deletion_timestamp: deleted.then_some(Time(now)),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    last_transition_time: Some(Time(at.parse().unwrap())),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (what, p, serves) in [
+            (
+                "ready for 10 s",
+                pod("True", "2026-12-01T08:00:00Z", false),
+                true,
+            ),
+            (
+                "ready for 2 s",
+                pod("True", "2026-12-01T08:00:08Z", false),
+                true,
+            ),
+            (
+                "ready a second ago",
+                pod("True", "2026-12-01T08:00:09Z", false),
+                false,
+            ),
+            (
+                "not ready",
+                pod("False", "2026-12-01T08:00:00Z", false),
+                false,
+            ),
+            (
+                "ready but stopping",
+                pod("True", "2026-12-01T08:00:00Z", true),
+                false,
+            ),
+            ("no conditions yet", Pod::default(), false),
+        ] {
+            assert_eq!(serves_its_service(&p, now), serves, "{what}");
         }
     }
 

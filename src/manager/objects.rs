@@ -49,6 +49,14 @@ pub const LISTEN_PORT: i32 = 8443;
 pub const DNS_PORT: i32 = 1053;
 pub const DATA_DIR: &str = "/var/lib/vkube/data";
 
+/// The EndpointSlice that adds the manager's waker to a sleeping cluster's API Service.
+pub const WAKER_SLICE: &str = "vkube-waker";
+/// Its `endpointslice.kubernetes.io/managed-by`: the host's EndpointSlice controllers leave
+/// slices of other managers alone (kube-proxy reads every slice of the Service).
+pub const WAKER_MANAGED_BY: &str = "vkube-manager";
+pub const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
+pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+
 /// The namespaced kinds the manager creates (applied in the order [`namespaced`] lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -219,6 +227,13 @@ pub fn syncer_cluster_read_binding_name(vc_name: &str) -> String {
     format!("vkube-serve-cluster-read-{}", host_namespace(vc_name))
 }
 
+/// Where the control plane is reached and whether it runs (awake) or not (asleep, paused).
+#[derive(Debug, Clone, Copy)]
+pub struct ControlPlaneAt<'a> {
+    pub cluster_ip: &'a str,
+    pub running: bool,
+}
+
 /// Everything namespaced, given the Service's ClusterIP once it is known (it goes into the
 /// serving certificate and the kubeconfig so clients reach the API by IP, no DNS needed).
 /// `manager` is the manager's own identity: its rights in the namespace are bound first.
@@ -226,7 +241,7 @@ pub fn namespaced(
     vc: &VirtualCluster,
     policy: &Policy,
     resolved: &Resolved,
-    cluster_ip: Option<&str>,
+    control_plane_at: Option<ControlPlaneAt<'_>>,
     manager: &Subject,
 ) -> Vec<Namespaced> {
     let name = vc.metadata.name.clone().unwrap_or_default();
@@ -321,11 +336,11 @@ pub fn namespaced(
             body: ingress(&name, host),
         });
     }
-    if let Some(ip) = cluster_ip {
+    if let Some(at) = control_plane_at {
         out.push(Namespaced {
             kind: Kind::StatefulSet,
             name: SYNCER_NAME.into(),
-            body: stateful_set(vc, policy, resolved, ip),
+            body: stateful_set(vc, policy, resolved, at.cluster_ip, at.running),
         });
     }
     // The quota goes before anything that runs pods, counting the objects above as the control
@@ -519,6 +534,7 @@ pub fn stateful_set(
     policy: &Policy,
     resolved: &Resolved,
     cluster_ip: &str,
+    running: bool,
 ) -> Value {
     let name = vc.metadata.name.clone().unwrap_or_default();
     let ns = host_namespace(&name);
@@ -544,6 +560,8 @@ pub fn stateful_set(
     }
     // The manager keeps the base NetworkPolicies itself; the admin's ranges go to the syncer.
     args.extend(["--default-network-policy", "off"].map(String::from));
+    // While the pod stops (sleep, pause), the requests still routed to it are answered.
+    args.extend(["--shutdown-delay-seconds", "2"].map(String::from));
     for c in &policy.network.egress_allow_cidrs {
         args.extend(["--egress-allow-cidr".into(), c.clone()]);
     }
@@ -571,7 +589,7 @@ pub fn stateful_set(
     {
         args.push("--allow-load-balancer".into());
     }
-    let replicas = if vc.spec.paused { 0 } else { 1 };
+    let replicas = if running { 1 } else { 0 };
     let cp = &policy.control_plane;
     let mut pvc_spec = json!({"accessModes": ["ReadWriteOnce"],
                               "resources": {"requests": {"storage": cp.storage}}});
@@ -680,6 +698,39 @@ fn tenant_policy_args(policy: &Policy) -> Vec<String> {
     args
 }
 
+/// While `vc` sleeps, its API Service gets this EndpointSlice besides the one the host's
+/// controller keeps for the control plane pod (empty then): the `https` port reaches the waker
+/// at `ip:port` (the manager's pod). The Service itself never changes, so its ClusterIP, node
+/// port or load balancer stay what clients have; deleting this slice is the whole way back.
+/// The chart's guard lets the manager write slices only of this shape (the API Service's name
+/// label, this manager label, a tenant namespace).
+pub fn waker_slice(vc: &VirtualCluster, ip: std::net::IpAddr, port: u16) -> Value {
+    let name = vc.metadata.name.clone().unwrap_or_default();
+    let mut labels = owned_labels(vc);
+    labels[SLICE_SERVICE_LABEL] = json!(service_name(&name));
+    labels[SLICE_MANAGED_BY_LABEL] = json!(WAKER_MANAGED_BY);
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": WAKER_SLICE, "namespace": host_namespace(&name), "labels": labels},
+        "addressType": family,
+        "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+}
+
+/// Where a waker slice points (address and port), read back after a manager restart.
+pub fn waker_slice_target(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<(std::net::IpAddr, u16)> {
+    let ip = slice.endpoints.first()?.addresses.first()?.parse().ok()?;
+    let port = slice
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some("https"))?
+        .port?;
+    Some((ip, u16::try_from(port).ok()?))
+}
+
 /// The owner's rights on their own cluster object, by name: RBAC cannot filter a LIST by
 /// owner, so developers get no LIST at all and each owner gets get/watch/update/patch/delete on
 /// exactly their clusters.
@@ -742,7 +793,7 @@ mod tests {
         p.show_host_kinds = vec!["networking.k8s.io/v1/IngressClass".into()];
         let r = check(&vc, &p, &Facts::new(0)).unwrap();
         let sts: StatefulSet =
-            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
         let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
             .args
             .clone()
@@ -835,7 +886,11 @@ mod tests {
 
     fn build_vc(vc: &VirtualCluster, p: &Policy) -> Vec<Namespaced> {
         let r = check(vc, p, &Facts::new(0)).unwrap();
-        namespaced(vc, p, &r, Some("10.96.0.42"), &manager_subject())
+        let at = ControlPlaneAt {
+            cluster_ip: "10.96.0.42",
+            running: !vc.spec.paused,
+        };
+        namespaced(vc, p, &r, Some(at), &manager_subject())
     }
 
     fn build(spec: crate::api::VirtualClusterSpec) -> (VirtualCluster, Vec<Namespaced>) {
@@ -1166,7 +1221,7 @@ mod tests {
             };
             let r = check(&vc, &p, &Facts::new(0)).unwrap();
             let sts: StatefulSet =
-                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
             sts.spec.unwrap().template.spec.unwrap().containers[0]
                 .args
                 .clone()
@@ -1208,7 +1263,7 @@ mod tests {
         p.network.egress_deny_cidrs = vec!["198.51.100.0/24".into()];
         let r = check(&vc, &p, &Facts::new(0)).unwrap();
         let sts: StatefulSet =
-            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42")).unwrap();
+            serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
         let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
             .args
             .clone()
@@ -1373,6 +1428,33 @@ mod tests {
         assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
     }
 
+    /// The waker's slice adds an endpoint to the API Service (by its name label, which the
+    /// guard checks is the namespace's name) and reads back to the same address and port.
+    #[test]
+    fn the_waker_slice_points_the_api_service_at_the_manager() {
+        let vc = vc("alice", Default::default());
+        let body = waker_slice(&vc, "10.244.0.7".parse().unwrap(), 20001);
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(body.clone()).unwrap();
+        let labels = slice.metadata.labels.clone().unwrap();
+        assert_eq!(labels[SLICE_SERVICE_LABEL], service_name("alice"));
+        assert_eq!(labels[SLICE_SERVICE_LABEL], host_namespace("alice"));
+        assert_eq!(labels[SLICE_MANAGED_BY_LABEL], WAKER_MANAGED_BY);
+        assert_eq!(labels[UID_LABEL], "uid-1");
+        assert_eq!(slice.address_type, "IPv4");
+        assert_eq!(
+            waker_slice_target(&slice),
+            Some(("10.244.0.7".parse().unwrap(), 20001))
+        );
+        // The port goes by name: the Service's https port.
+        let (_, objs) = build(Default::default());
+        let svc: Service = find(&objs, Kind::Service, "vkube-alice");
+        let ports = svc.spec.unwrap().ports.unwrap();
+        assert_eq!(ports[0].name.as_deref(), Some("https"));
+        let v6 = waker_slice(&vc, "fd00::7".parse().unwrap(), 20002);
+        assert_eq!(v6["addressType"], "IPv6");
+    }
+
     /// The chart's admission policy for the manager names the same roles, label and prefixes
     /// the manager uses (a rename on one side only would lock the manager out).
     #[test]
@@ -1386,6 +1468,9 @@ mod tests {
             "vkube:owner:",
             "'vkube-serve-cluster-read-' + s.namespace",
             "pod-security.kubernetes.io/enforce",
+            SLICE_SERVICE_LABEL,
+            SLICE_MANAGED_BY_LABEL,
+            WAKER_MANAGED_BY,
         ] {
             assert!(guard.contains(name), "guard.yaml does not mention {name}");
         }

@@ -6,6 +6,7 @@
 //! only place the per-user count can be checked, since admission cannot count other objects.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Toleration;
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,52 @@ pub struct Policy {
     /// `--show-host-kind`: cluster-scoped host kinds shown read-only (`GROUP/VERSION/KIND`).
     #[serde(default)]
     pub show_host_kinds: Vec<String>,
+    /// When idle clusters sleep (chart value `policy.sleepAfter`).
+    #[serde(default)]
+    pub sleep_after: SleepAfterPolicy,
+}
+
+/// The admin's bounds on `spec.sleepAfter` (durations as `30m`, `2h`, `1h30m`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SleepAfterPolicy {
+    /// For clusters that set no `sleepAfter`. Empty: they never sleep by themselves.
+    #[serde(default)]
+    pub default: String,
+    /// The longest a cluster may choose. Empty: no maximum, and `never` is allowed.
+    #[serde(default)]
+    pub max: String,
+}
+
+impl SleepAfterPolicy {
+    fn parsed(field: &str, text: &str) -> Result<Option<Duration>, PolicyError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let d = super::sleep::parse_duration(text)
+            .map_err(|e| PolicyError::Invalid(format!("sleepAfter.{field}: {e}")))?;
+        if d < super::sleep::MIN_SLEEP_AFTER {
+            return Err(PolicyError::Invalid(format!(
+                "sleepAfter.{field}: {text} is shorter than the minimum 1m"
+            )));
+        }
+        Ok(Some(d))
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let default = Self::parsed("default", &self.default)?;
+        let max = Self::parsed("max", &self.max)?;
+        match (default, max) {
+            (None, Some(_)) => Err(PolicyError::Invalid(
+                "sleepAfter.default must be set when sleepAfter.max is (a cluster that sets none would never sleep)".into(),
+            )),
+            (Some(d), Some(m)) if d > m => Err(PolicyError::Invalid(format!(
+                "sleepAfter.default {} is longer than sleepAfter.max {}",
+                self.default, self.max
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One custom resource kind of `policy.customResources`.
@@ -423,6 +470,7 @@ impl Policy {
                 ));
             }
         }
+        self.sleep_after.validate()?;
         for (key, value) in &self.object_quota {
             if RESOURCE_KEYS.contains(&key.as_str()) {
                 return Err(PolicyError::Invalid(format!(
@@ -459,6 +507,11 @@ pub struct Resolved {
     pub pod_security: PodSecurity,
     /// The owner's credential rotation (annotation), normalised RFC 3339.
     pub credentials_not_before: Option<String>,
+    /// `spec.sleepAfter` with the admin's default applied; `None`: never idle.
+    pub sleep_after: Option<Duration>,
+    /// The owner's last `vkube sleep` and `vkube wake` (the annotations' values).
+    pub sleep_requested: Option<String>,
+    pub wake_requested: Option<String>,
 }
 
 /// What the check needs to know besides the cluster and the policy.
@@ -629,6 +682,28 @@ pub fn check(vc: &VirtualCluster, policy: &Policy, facts: &Facts) -> Result<Reso
             policy.pod_security.as_str()
         ));
     }
+    let sleep_after = match resolve_sleep_after(vc.spec.sleep_after.as_deref(), &policy.sleep_after)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            why.push(e);
+            None
+        }
+    };
+    let mut request = |annotation: &str, command: &str| {
+        let text = vc.metadata.annotations.as_ref()?.get(annotation)?;
+        match request_time(text) {
+            Ok(()) => Some(text.clone()),
+            Err(e) => {
+                why.push(format!(
+                    "annotation {annotation}: {e} (set it with `vkube {command} NAME`)"
+                ));
+                None
+            }
+        }
+    };
+    let sleep_requested = request(crate::api::SLEEP_REQUESTED_ANNOTATION, "sleep");
+    let wake_requested = request(crate::api::WAKE_REQUESTED_ANNOTATION, "wake");
     match image {
         Some(image) if why.is_empty() => Ok(Resolved {
             version,
@@ -636,9 +711,57 @@ pub fn check(vc: &VirtualCluster, policy: &Policy, facts: &Facts) -> Result<Reso
             resources,
             pod_security,
             credentials_not_before,
+            sleep_after,
+            sleep_requested,
+            wake_requested,
         }),
         _ => Err(Refusal(why)),
     }
+}
+
+/// `spec.sleepAfter` against the admin's bounds: empty takes the default, `never` only without
+/// a maximum, a duration at least 1m and at most the maximum.
+fn resolve_sleep_after(
+    asked: Option<&str>,
+    policy: &SleepAfterPolicy,
+) -> Result<Option<Duration>, String> {
+    let max = SleepAfterPolicy::parsed("max", &policy.max).ok().flatten();
+    let default = SleepAfterPolicy::parsed("default", &policy.default)
+        .ok()
+        .flatten();
+    match asked.filter(|a| !a.is_empty()) {
+        None => Ok(default),
+        Some("never") => match max {
+            Some(_) => Err(format!(
+                "sleepAfter never is not allowed: the admin's maximum is {}",
+                policy.max
+            )),
+            None => Ok(None),
+        },
+        Some(text) => {
+            let d = super::sleep::parse_duration(text).map_err(|e| format!("sleepAfter: {e}"))?;
+            if d < super::sleep::MIN_SLEEP_AFTER {
+                return Err(format!("sleepAfter {text} is shorter than the minimum 1m"));
+            }
+            if let Some(m) = max
+                && d > m
+            {
+                return Err(format!(
+                    "sleepAfter {text} is above the admin's maximum {}",
+                    policy.max
+                ));
+            }
+            Ok(Some(d))
+        }
+    }
+}
+
+/// An owner's request is the time it was made (RFC 3339). Only its value changing matters
+/// (the manager records the last value it acted on): no clocks are compared.
+fn request_time(text: &str) -> Result<(), String> {
+    text.parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|_| ())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time"))
 }
 
 fn with_defaults(asked: &TenantResources, defaults: &TenantResources) -> TenantResources {
@@ -991,6 +1114,121 @@ placement:
         assert!(why[0].contains("vkube rotate-credentials"), "{why:?}");
         let Refusal(why) = with("2026-02-01T00:00:00Z").unwrap_err();
         assert!(why[0].contains("in the future"), "{why:?}");
+    }
+
+    #[test]
+    fn sleep_after_takes_the_admins_default_and_stays_under_the_maximum() {
+        let mut p = policy();
+        p.sleep_after = SleepAfterPolicy {
+            default: "2h".into(),
+            max: "8h".into(),
+        };
+        let with = |asked: Option<&str>| {
+            check(
+                &vc(
+                    "a",
+                    VirtualClusterSpec {
+                        sleep_after: asked.map(str::to_string),
+                        ..Default::default()
+                    },
+                ),
+                &p,
+                &facts(None),
+            )
+        };
+        assert_eq!(
+            with(None).unwrap().sleep_after,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            with(Some("")).unwrap().sleep_after,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            with(Some("30m")).unwrap().sleep_after,
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            with(Some("8h")).unwrap().sleep_after,
+            Some(Duration::from_secs(8 * 3600))
+        );
+        for (asked, says) in [
+            ("8h1s", "above the admin's maximum 8h"),
+            ("never", "never is not allowed"),
+            ("30s", "shorter than the minimum 1m"),
+            ("1d", "is not a duration"),
+        ] {
+            let Refusal(why) = with(Some(asked)).unwrap_err();
+            assert!(why.join(" ").contains(says), "{asked}: {why:?}");
+        }
+        // No maximum: `never` opts out; no default: clusters that set none never sleep.
+        let mut p = policy();
+        p.sleep_after.default = "1h".into();
+        let r = check(
+            &vc(
+                "a",
+                VirtualClusterSpec {
+                    sleep_after: Some("never".into()),
+                    ..Default::default()
+                },
+            ),
+            &p,
+            &facts(None),
+        )
+        .unwrap();
+        assert_eq!(r.sleep_after, None);
+        let r = check(&vc("a", Default::default()), &policy(), &facts(None)).unwrap();
+        assert_eq!(r.sleep_after, None);
+    }
+
+    #[test]
+    fn the_sleep_policy_is_checked_when_read() {
+        let base =
+            "kubernetesVersions: [{version: '1.35', image: x}]\ndefaultKubernetesVersion: '1.35'\n";
+        let read = |extra: &str| Policy::from_yaml(&format!("{base}{extra}"), "p");
+        assert!(read("sleepAfter: {default: 30m, max: 2h}\n").is_ok());
+        assert!(read("sleepAfter: {default: 30m}\n").is_ok());
+        for (bad, says) in [
+            ("sleepAfter: {max: 2h}\n", "must be set when"),
+            ("sleepAfter: {default: 3h, max: 2h}\n", "longer than"),
+            ("sleepAfter: {default: 10s}\n", "minimum"),
+            ("sleepAfter: {default: soon}\n", "sleepAfter.default"),
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sleep_and_wake_requests_are_times() {
+        let with = |annotation: &str, value: &str| {
+            let mut v = vc("a", Default::default());
+            v.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(annotation.into(), value.into());
+            check(&v, &policy(), &facts(None))
+        };
+        let r = with(
+            crate::api::SLEEP_REQUESTED_ANNOTATION,
+            "2026-01-31T11:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            r.sleep_requested.map(|t| t.to_string()).as_deref(),
+            Some("2026-01-31T11:00:00Z")
+        );
+        let r = with(
+            crate::api::WAKE_REQUESTED_ANNOTATION,
+            "2026-01-31T12:04:00.123456789+00:00",
+        )
+        .unwrap();
+        assert!(r.wake_requested.is_some());
+        let Refusal(why) = with(crate::api::SLEEP_REQUESTED_ANNOTATION, "now").unwrap_err();
+        assert!(why[0].contains("vkube sleep NAME"), "{why:?}");
+        let Refusal(why) = with(crate::api::WAKE_REQUESTED_ANNOTATION, "tomorrow").unwrap_err();
+        assert!(why[0].contains("vkube wake NAME"), "{why:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! buffers) and protocol upgrades are tunnelled. Pod logs, exec, attach and port-forward are
 //! served from the host pod (module `pods`).
 
+pub mod activity;
 pub mod auth;
 pub mod identity;
 pub mod pods;
@@ -62,6 +63,8 @@ pub struct ProxyConfig {
     /// Serves pod logs/exec/attach/port-forward from the host; `None` leaves them to the
     /// virtual API server (which has no kubelet to ask).
     pub pods: Option<pods::PodRouter>,
+    /// Where the tenant's use of its API is counted (for sleep); `None`: not counted.
+    pub activity: Option<Arc<activity::Activity>>,
 }
 
 struct State {
@@ -70,6 +73,7 @@ struct State {
     tokens: TokenAuthenticator,
     client_certs: ClientCertPolicy,
     pods: Option<pods::PodRouter>,
+    activity: Option<Arc<activity::Activity>>,
     ready: AtomicBool,
 }
 
@@ -112,6 +116,7 @@ impl Proxy {
                 tokens: config.tokens,
                 client_certs: config.client_certs,
                 pods: config.pods,
+                activity: config.activity,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -246,7 +251,8 @@ async fn handle(
             return Ok(Response::new(full("ok")));
         }
         // Health of the virtual API server itself, asked anonymously: RBAC lets anyone read it.
-        return Ok(forward(req, Some(&Identity::anonymous()), &state).await);
+        // Never activity: the kubelet's and the manager's probes must not keep it awake.
+        return Ok(forward(req, Some(&Identity::anonymous()), &state, None).await);
     }
     if !ready {
         return Ok(status_response(
@@ -282,21 +288,39 @@ async fn handle(
             None => return Ok(unauthorized()),
         },
     };
-    match (pods::route(&path), &state.pods) {
+    // In use from here until the response (stream, upgraded connection) ends.
+    let in_flight = state
+        .activity
+        .as_ref()
+        .filter(|_| activity::counts(&identity))
+        .map(|a| a.begin());
+    let resp = match (pods::route(&path), &state.pods) {
         (pods::Route::Host(target), Some(router)) => {
             tracing::debug!(user = %identity.user, %path, "serving from the host pod");
-            Ok(router.serve(req, target, &identity).await)
+            router
+                .serve(req, target, &identity, in_flight.clone())
+                .await
         }
-        (pods::Route::Invalid, _) => Ok(status_response(
+        (pods::Route::Invalid, _) => status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "invalid request path",
-        )),
+        ),
         _ => {
             tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
-            Ok(forward(req, Some(&identity), &state).await)
+            forward(req, Some(&identity), &state, in_flight.clone()).await
         }
-    }
+    };
+    Ok(match in_flight {
+        Some(held) => resp.map(|body| {
+            body.map_frame(move |frame| {
+                let _ = &held;
+                frame
+            })
+            .boxed_unsync()
+        }),
+        None => resp,
+    })
 }
 
 /// Buffer per direction of an upgraded stream. Port-forward and exec carry bulk data; tokio's
@@ -306,9 +330,14 @@ const TUNNEL_BUFFER: usize = 64 * 1024;
 
 /// Copies an upgraded (101) connection both ways until both sides are done. Each direction is
 /// shut down on its own EOF: a half-close reaches the far end (stdin closed, `cat` ends) while
-/// output still flows back.
-pub(crate) fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+/// output still flows back. `in_flight` (the request's activity) lasts as long as the tunnel.
+pub(crate) fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: Option<activity::InFlight>,
+) {
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         match tokio::try_join!(client, backend) {
             Ok((client, backend)) => {
                 let mut client = TokioIo::new(client);
@@ -360,6 +389,7 @@ async fn forward(
     mut req: Request<Incoming>,
     identity: Option<&Identity>,
     state: &State,
+    in_flight: Option<activity::InFlight>,
 ) -> Response<ProxyBody> {
     let upgrade = identity::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -405,7 +435,7 @@ async fn forward(
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_upgrade) = client_upgrade {
-        spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
+        spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp), in_flight);
     }
     let (mut parts, body) = resp.into_parts();
     identity::strip_hop_by_hop(&mut parts.headers, switching);

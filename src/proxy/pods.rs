@@ -316,6 +316,7 @@ impl PodRouter {
         mut req: Request<Incoming>,
         target: PodTarget,
         caller: &Identity,
+        in_flight: Option<super::activity::InFlight>,
     ) -> Response<ProxyBody> {
         let impersonated = match impersonation(req.headers()) {
             Ok(i) => i,
@@ -413,7 +414,7 @@ impl PodRouter {
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
-            spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp));
+            spawn_tunnel(client_upgrade, hyper::upgrade::on(&mut resp), in_flight);
         }
         let (mut parts, body) = resp.into_parts();
         identity::strip_hop_by_hop(
