@@ -234,12 +234,7 @@ pub async fn run(
         let _ = stop_rx.await;
     };
     let (heartbeat, heartbeats) = futures::channel::mpsc::unbounded();
-    let ticker = tokio::spawn(watch_progress(
-        ctx.clone(),
-        watchdog.clone(),
-        heartbeat,
-        cache_synced,
-    ));
+    let ticker = tokio::spawn(watch_progress(ctx.clone(), watchdog.clone(), heartbeat));
     watchdog.running();
     let timed = {
         let watchdog = watchdog.clone();
@@ -267,6 +262,8 @@ pub async fn run(
                 Err(_) => None,
             };
             if name == Some(watchdog::HEARTBEAT) {
+                // The controller runs requests only once its cache holds the initial list.
+                cache_synced.store(true, std::sync::atomic::Ordering::SeqCst);
                 seen.heartbeat_back();
             } else if let Err(e) = &res {
                 tracing::debug!(error = %e, "reconcile failed");
@@ -292,11 +289,8 @@ async fn watch_progress(
     heartbeat: futures::channel::mpsc::UnboundedSender<
         kube::runtime::reflector::ObjectRef<VirtualCluster>,
     >,
-    cache_synced: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let tick = (watchdog.stuck_after / 4).max(Duration::from_secs(1));
-    let _ = ctx.store.wait_until_ready().await;
-    cache_synced.store(true, std::sync::atomic::Ordering::SeqCst);
     let api: Api<VirtualCluster> = Api::all(ctx.client.clone());
     loop {
         if watchdog.heartbeat_sent() {
@@ -305,6 +299,11 @@ async fn watch_progress(
             ));
         }
         let listed = tokio::time::timeout(tick, api.list_metadata(&ListParams::default())).await;
+        match &listed {
+            Ok(Err(e)) => tracing::warn!(error = %e, "watchdog: listing VirtualClusters failed"),
+            Err(_) => tracing::warn!("watchdog: listing VirtualClusters timed out"),
+            Ok(Ok(_)) => {}
+        }
         if let Ok(Ok(list)) = listed {
             let versions = |m: &kube::api::ObjectMeta| {
                 Some((

@@ -208,7 +208,8 @@ mod tests {
     fn each_way_of_being_stuck_fails() {
         let now = Instant::now();
         let long = now - Duration::from_secs(61);
-        let cases: Vec<(&str, Box<dyn Fn(&mut State)>)> = vec![
+        type Make = Box<dyn Fn(&mut State)>;
+        let cases: Vec<(&str, Make)> = vec![
             (
                 "queued request",
                 Box::new(move |s| s.heartbeat_pending = Some(long)),

@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn requests_map_to_audit_verbs_and_known_resources() {
-        let cases: &[(Method, &str, Option<&str>, (&str, &str))] = &[
+        type Case<'a> = (Method, &'a str, Option<&'a str>, (&'a str, &'a str));
+        let cases: &[Case] = &[
             (Method::GET, "/api/v1/pods", None, ("list", "pods")),
             (
                 Method::GET,
