@@ -402,3 +402,82 @@ fn manager_healthz_fails_while_its_controller_is_stuck() {
         },
     );
 }
+
+/// The chart as `helm template` renders it offline (no --kube-version): the manager's
+/// credential-less metrics port is reachable only from the admin's namespaces, the probes'
+/// port from anywhere, and the optional objects appear only when enabled.
+#[test]
+fn chart_keeps_the_manager_metrics_port_to_the_admins_namespaces() {
+    let render = |sets: &[&str]| -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(common::env().bin_dir.join("helm"));
+        cmd.args(["template", "vkube"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vkube"))
+            .args(["--namespace", "vkube-system"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+            .filter(|v: &serde_json::Value| !v.is_null())
+            .collect()
+    };
+    let find = |docs: &[serde_json::Value], kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .cloned()
+    };
+    let ports_of = |rule: &serde_json::Value| -> Vec<String> {
+        rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["port"].to_string())
+            .collect()
+    };
+
+    let docs = render(&[]);
+    let policy =
+        find(&docs, "NetworkPolicy", "vkube-manager").expect("the manager's NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    // Only the probes' port, from anywhere; nothing reaches the metrics port.
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(ports_of(&rules[0]), vec!["\"health\""]);
+    assert!(find(&docs, "ServiceMonitor", "vkube-manager").is_none());
+    assert!(find(&docs, "ConfigMap", "vkube-dashboard").is_none());
+    let manager = find(&docs, "Deployment", "vkube-manager").unwrap();
+    let container = &manager["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    let docs = render(&[
+        "metrics.allowedNamespaces={monitoring}",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+    ]);
+    let policy = find(&docs, "NetworkPolicy", "vkube-manager").unwrap();
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let metrics_rule = rules
+        .iter()
+        .find(|r| ports_of(r) == vec!["\"metrics\""])
+        .expect("a rule for the metrics port");
+    assert_eq!(
+        metrics_rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["monitoring"])
+    );
+    assert!(find(&docs, "ServiceMonitor", "vkube-manager").is_some());
+    let dashboard = find(&docs, "ConfigMap", "vkube-dashboard").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["vkube.json"].as_str().unwrap()).unwrap();
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
+}
