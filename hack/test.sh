@@ -25,6 +25,9 @@ cargo clippy --all-targets --locked -- -D warnings
 step "the Dockerfile agrees with hack/image-contents.txt"
 "$HACK_DIR/images.sh" check
 
+step "README and docs/ link only to files inside the repository"
+"$HACK_DIR/check-docs.sh"
+
 step "helm lint and helm template of charts/vkube"
 "$BIN/helm" lint --strict "$ROOT/charts/vkube"
 "$BIN/helm" template vkube "$ROOT/charts/vkube" --namespace vkube-system --kube-version "$K8S_VERSION" >/dev/null
