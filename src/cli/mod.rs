@@ -768,3 +768,25 @@ async fn bench_proxy_command(args: BenchProxyArgs) -> anyhow::Result<()> {
     eprint!("{}", vkube::bench::proxy::table(&report));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn completion_scripts_name_the_subcommands_and_their_flags() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vkube", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in ["serve", "manager", "completion", "metrics-bind-address"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+    }
+}
