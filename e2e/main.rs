@@ -19,3 +19,5 @@ mod pod_streams;
 mod real_node;
 mod serve;
 mod syncer;
+mod upgrade;
+mod versions;
