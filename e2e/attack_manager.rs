@@ -27,7 +27,7 @@ const RESERVED: &str = "attack-reserved";
 const QUOTA_SERVICES: usize = 3;
 const QUOTA_SECRETS: usize = 2;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 fn admin() -> PathBuf {
     common::env().host_kubeconfig
@@ -111,7 +111,7 @@ policy:
 
 /// Renders the chart with helm and applies it as the admin (the CRD too), except the manager's
 /// Deployment; returns the policy file the Deployment would mount.
-fn install_chart(dir: &Path) -> PathBuf {
+pub(crate) fn install_chart(dir: &Path) -> PathBuf {
     let values_file = dir.join("values.yaml");
     std::fs::write(&values_file, values()).unwrap();
     let version: serde_json::Value =
@@ -372,7 +372,7 @@ impl Platform {
     }
 }
 
-fn token_kubeconfig(token: &str, namespace: Option<&str>) -> String {
+pub(crate) fn token_kubeconfig(token: &str, namespace: Option<&str>) -> String {
     let host = kube::config::Kubeconfig::read_from(admin()).unwrap();
     let cluster = host.clusters[0].cluster.clone().unwrap();
     let mut context = serde_json::json!({"cluster": "host", "user": "u"});

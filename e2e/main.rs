@@ -13,6 +13,7 @@ mod cluster_read;
 mod common;
 mod custom_resources;
 mod networking;
+mod observability;
 mod platform;
 mod pod_streams;
 mod real_node;

@@ -36,6 +36,10 @@ step "README and docs/ link only to files inside the repository"
 step "helm lint and helm template of charts/vkube"
 "$BIN/helm" lint --strict "$ROOT/charts/vkube"
 "$BIN/helm" template vkube "$ROOT/charts/vkube" --namespace vkube-system --kube-version "$K8S_VERSION" >/dev/null
+# Offline, without --kube-version, with every optional object (ServiceMonitor, dashboard).
+"$BIN/helm" template vkube "$ROOT/charts/vkube" --namespace vkube-system \
+  --set metrics.serviceMonitor.enabled=true --set metrics.dashboard.enabled=true \
+  --set 'metrics.allowedNamespaces={monitoring}' >/dev/null
 # The chart's CRD is the one the Rust types generate (a unit test checks the same).
 cmp -s "$ROOT/charts/vkube/crds/virtualclusters.yaml" "$ROOT/manifests/crd.yaml" \
   || { echo "charts/vkube/crds/virtualclusters.yaml differs from manifests/crd.yaml: regenerate both with \`cargo run -- crd\`" >&2; exit 1; }

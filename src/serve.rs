@@ -58,6 +58,8 @@ pub enum ServeError {
     AdminBinding(#[source] kube::Error),
     #[error(transparent)]
     Egress(#[from] crate::egress::server::EgressError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::server::BindError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -104,6 +106,9 @@ pub struct ServeOptions {
     pub default_network_policy: bool,
     /// What the virtual API server may connect to on the tenant's behalf (`crate::egress`).
     pub apiserver_egress: crate::egress::EgressMode,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP, no credentials);
+    /// `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What the syncer copies and allows; the tenant and host namespace come from the serve options.
@@ -148,6 +153,10 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| crate::host::default_namespace(&opts.name));
     let listener = crate::proxy::bind(opts.listen).await?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(crate::metrics::server::bind(addr).await?),
+        None => None,
+    };
     let listen_addr = listener.local_addr().unwrap_or(opts.listen);
 
     let (host, host_url) = crate::host::host_client(opts.host_kubeconfig.as_deref()).await?;
@@ -399,10 +408,35 @@ pub async fn run(
             return Err(e);
         }
     };
-    let proxy = Proxy::new(listener, proxy_config);
+    // Ready means the syncer is caught up too: every watch delivered its initial list, so what
+    // the tenant creates now is acted on at once.
+    let syncer_caught_up: crate::proxy::ReadinessGate = {
+        let stores = shared_stores.clone();
+        let syncing = opts.syncer.is_some();
+        std::sync::Arc::new(move || {
+            if !syncing || stores.is_published() {
+                Ok(())
+            } else {
+                Err("the syncer is listing the virtual and host objects (initial sync)".into())
+            }
+        })
+    };
+    let proxy = Proxy::new(listener, proxy_config).with_readiness_gate(syncer_caught_up.clone());
     proxy.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_task = tokio::spawn(proxy.serve(stop_rx));
+    let metrics_task = metrics_listener.map(|l| {
+        tracing::info!(listen = ?l.local_addr().ok(), "metrics, /healthz and /readyz serving");
+        tokio::spawn(crate::metrics::server::serve(
+            l,
+            crate::metrics::server::Endpoints {
+                metrics: Some(crate::metrics::Component::Serve),
+                healthz: crate::metrics::server::always_ok(),
+                readyz: syncer_caught_up,
+            },
+            stop_tx.subscribe(),
+        ))
+    });
 
     let server = opts.kubeconfig_server.clone().unwrap_or_else(|| {
         let host = if listen_addr.ip().is_unspecified() {
@@ -586,6 +620,9 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     if let Some(task) = dns_task {
         let _ = task.await;
     }

@@ -74,6 +74,10 @@ enum Command {
     /// Benchmarks (JSON and a short table).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script: `source <(vkube completion bash)`, or write it where
+    /// your shell loads completions (zsh: a `_vkube` file on $fpath; fish:
+    /// ~/.config/fish/completions/vkube.fish).
+    Completion(CompletionArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,6 +401,11 @@ struct ServeArgs {
     /// webhooks hosted outside) or `unrestricted` (no guard; only where tenants are trusted).
     #[arg(long, env = "VKUBE_APISERVER_EGRESS", default_value = "tenant")]
     apiserver_egress: vkube::egress::EgressMode,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` (ready: the syncer caught up) on
+    /// this address, plain HTTP without credentials: only where what can reach it may read it
+    /// (default: off). Never the proxy's port.
+    #[arg(long, env = "VKUBE_METRICS_BIND_ADDRESS", value_name = "IP:PORT")]
+    metrics_bind_address: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -423,6 +432,18 @@ struct ManagerArgs {
     /// them in the manager's NetworkPolicy.
     #[arg(long, env = "VKUBE_WAKER_PORTS", default_value = "20000-29999", value_parser = parse_port_range)]
     waker_ports: std::ops::RangeInclusive<u16>,
+    /// Serve Prometheus `/metrics` on this address, plain HTTP without credentials (default:
+    /// off; the chart binds it and lets in only the namespaces it names).
+    #[arg(long, env = "VKUBE_METRICS_BIND_ADDRESS", value_name = "IP:PORT")]
+    metrics_bind_address: Option<SocketAddr>,
+    /// Serve `/healthz` (the controller makes progress) and `/readyz` (and holds the lease) on
+    /// this address, for the kubelet's probes (default: off).
+    #[arg(long, env = "VKUBE_HEALTH_BIND_ADDRESS", value_name = "IP:PORT")]
+    health_bind_address: Option<SocketAddr>,
+    /// `/healthz` fails once the controller shows no progress for this long (a watch or
+    /// reconcile hung).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    stuck_after_seconds: u64,
 }
 
 fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -436,6 +457,11 @@ fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String>
         return Err(bad());
     }
     Ok(a..=b)
+}
+
+#[derive(clap::Args, Debug)]
+struct CompletionArgs {
+    shell: clap_complete::Shell,
 }
 
 pub fn main() -> ExitCode {
@@ -471,6 +497,16 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Manager(args) => manager_command(args).await,
+            Command::Completion(args) => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    args.shell,
+                    &mut Cli::command(),
+                    "vkube",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Bench(BenchCommand::Sync(args)) => bench_sync_command(args).await,
             Command::Bench(BenchCommand::Proxy(args)) => bench_proxy_command(args).await,
             Command::Bench(BenchCommand::Wake(args)) => bench_wake_command(args).await,
@@ -642,6 +678,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         }),
         default_network_policy: args.default_network_policy == Switch::On,
         apiserver_egress: args.apiserver_egress,
+        metrics_listen: args.metrics_bind_address,
     };
     serve::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -727,6 +764,9 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
                     ports: args.waker_ports.clone(),
                 }),
             instance: std::env::var("POD_NAME").ok(),
+            metrics_listen: args.metrics_bind_address,
+            health_listen: args.health_bind_address,
+            stuck_after: Duration::from_secs(args.stuck_after_seconds.max(1)),
         },
         shutdown_signal(),
     )
@@ -835,4 +875,26 @@ async fn bench_proxy_command(args: BenchProxyArgs) -> anyhow::Result<()> {
     println!("{json}");
     eprint!("{}", vkube::bench::proxy::table(&report));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn completion_scripts_name_the_subcommands_and_their_flags() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vkube", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in ["serve", "manager", "completion", "metrics-bind-address"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+    }
 }

@@ -100,11 +100,35 @@ impl DnsServer {
     }
 
     async fn answer(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let (answer, reply) = self.answer_counted(packet).await;
+        let m = &crate::metrics::get().dns;
+        if let Some(answer) = answer {
+            m.answers
+                .get_or_create(&crate::metrics::AnswerLabel { answer })
+                .inc();
+        }
+        reply
+    }
+
+    /// The reply, and what kind of answer it is (for the metrics).
+    async fn answer_counted(&self, packet: &[u8]) -> (Option<&'static str>, Option<Vec<u8>>) {
         // Garbage is dropped, as resolvers do: there is no id to answer to.
-        let request = Message::from_vec(packet).ok()?;
-        let [query] = request.queries.as_slice() else {
-            return reply(&request, ResponseCode::FormErr, vec![]);
+        let Ok(request) = Message::from_vec(packet) else {
+            return (None, None);
         };
+        let [query] = request.queries.as_slice() else {
+            return (
+                Some("formerr"),
+                reply(&request, ResponseCode::FormErr, vec![]),
+            );
+        };
+        crate::metrics::get()
+            .dns
+            .queries
+            .get_or_create(&crate::metrics::QueryLabel {
+                qtype: crate::metrics::labels::dns_qtype(query.query_type()),
+            })
+            .inc();
         let name = query.name().to_lowercase().to_ascii();
         let name = name.trim_end_matches('.');
         let qtype = match query.query_type() {
@@ -113,21 +137,36 @@ impl DnsServer {
             _ => QueryType::Other,
         };
         match resolve(name, qtype, &self.domain, self.catalog.as_ref()) {
-            Answer::Forward => self.forward(packet).await,
-            Answer::NxDomain => reply(&request, ResponseCode::NXDomain, vec![]),
-            Answer::NoData => reply(&request, ResponseCode::NoError, vec![]),
+            Answer::Forward => (Some("forwarded"), self.forward(packet).await),
+            Answer::NxDomain => (
+                Some("nxdomain"),
+                reply(&request, ResponseCode::NXDomain, vec![]),
+            ),
+            Answer::NoData => (
+                Some("nodata"),
+                reply(&request, ResponseCode::NoError, vec![]),
+            ),
             Answer::Addresses(ips) => {
                 let records = ips
                     .into_iter()
                     .map(|ip| Record::from_rdata(query.name().clone(), TTL, RData::from(ip)))
                     .collect();
-                reply(&request, ResponseCode::NoError, records)
+                (
+                    Some("addresses"),
+                    reply(&request, ResponseCode::NoError, records),
+                )
             }
             Answer::Alias(target) => {
-                let target = Name::from_ascii(format!("{}.", target.trim_end_matches('.'))).ok()?;
+                let Ok(target) = Name::from_ascii(format!("{}.", target.trim_end_matches('.')))
+                else {
+                    return (None, None);
+                };
                 let record =
                     Record::from_rdata(query.name().clone(), TTL, RData::CNAME(CNAME(target)));
-                reply(&request, ResponseCode::NoError, vec![record])
+                (
+                    Some("alias"),
+                    reply(&request, ResponseCode::NoError, vec![record]),
+                )
             }
         }
     }
@@ -151,7 +190,19 @@ impl DnsServer {
             buf.truncate(n);
             Some(buf)
         };
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, relayed).await {
+        let started = std::time::Instant::now();
+        let relayed = tokio::time::timeout(UPSTREAM_TIMEOUT, relayed).await;
+        let result = match relayed {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "error",
+            Err(_) => "timeout",
+        };
+        crate::metrics::get()
+            .dns
+            .upstream_duration
+            .get_or_create(&crate::metrics::ResultLabel { result })
+            .observe(started.elapsed().as_secs_f64());
+        match relayed {
             Ok(Some(answer)) => Some(answer),
             _ => reply(&request, ResponseCode::ServFail, vec![]),
         }
@@ -223,6 +274,37 @@ mod tests {
         assert_eq!(out.metadata.response_code, ResponseCode::ServFail);
         // Garbage gets no answer (and no panic).
         assert!(server.answer(&[1, 2, 3]).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn queries_and_answers_are_counted_by_type() {
+        let m = &crate::metrics::get().dns;
+        let count = |answer| {
+            m.answers
+                .get_or_create(&crate::metrics::AnswerLabel { answer })
+                .get()
+        };
+        let queries = || {
+            m.queries
+                .get_or_create(&crate::metrics::QueryLabel { qtype: "AAAA" })
+                .get()
+        };
+        let (addresses, nxdomain, nodata, aaaa) = (
+            count("addresses"),
+            count("nxdomain"),
+            count("nodata"),
+            queries(),
+        );
+        let socket = bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = DnsServer::from_std(socket, Arc::new(One), "cluster.local.", None).unwrap();
+        ask(&server, "web.default.svc.cluster.local.", RecordType::A).await;
+        ask(&server, "db.default.svc.cluster.local.", RecordType::A).await;
+        ask(&server, "web.default.svc.cluster.local.", RecordType::AAAA).await;
+        // Counters only grow (other tests in this process may add to them too).
+        assert!(count("addresses") > addresses);
+        assert!(count("nxdomain") > nxdomain);
+        assert!(count("nodata") > nodata);
+        assert!(queries() > aaaa);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod objects;
 pub mod policy;
 pub mod sleep;
 pub mod waker;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,8 @@ pub enum Error {
     Identity(String),
     #[error("a manifest built into vkube is broken (a bug): {0}")]
     Manifest(String),
+    #[error(transparent)]
+    Listen(#[from] crate::metrics::server::BindError),
 }
 
 impl Error {
@@ -90,6 +93,7 @@ impl Error {
             Error::RightsPending { .. } => "RightsPending",
             Error::Identity(_) => "Identity",
             Error::Manifest(_) => "Manifest",
+            Error::Listen(_) => "Listen",
         }
     }
 }
@@ -129,6 +133,12 @@ pub struct ManagerOptions {
     pub waker: Option<WakerOptions>,
     /// This replica's name for Events (POD_NAME).
     pub instance: Option<String>,
+    /// Where `/metrics` is served (plain HTTP); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// How long the controller may show no progress before `/healthz` fails.
+    pub stuck_after: Duration,
 }
 
 /// Who the host says the manager is (a ServiceAccount in the chart).
@@ -152,6 +162,48 @@ pub async fn run(
     opts: ManagerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let metrics = &crate::metrics::get().manager;
+    let watchdog = Arc::new(watchdog::Watchdog::new(opts.stuck_after));
+    let cache_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Served from the start: a standby replica waiting for the lease is alive and ready (a
+    // rollout needs the new pod ready while the old one still leads).
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    let healthz: crate::metrics::server::Check = {
+        let watchdog = watchdog.clone();
+        Arc::new(move || watchdog.check())
+    };
+    let readyz: crate::metrics::server::Check = {
+        let (watchdog, synced) = (watchdog.clone(), cache_synced.clone());
+        Arc::new(move || {
+            watchdog.check()?;
+            let leading = crate::metrics::get().manager.leader.get() == 1;
+            if leading && !synced.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("listing the VirtualClusters (initial sync)".into());
+            }
+            Ok(())
+        })
+    };
+    for (addr, metrics) in [
+        (opts.health_listen, None),
+        (
+            opts.metrics_listen,
+            Some(crate::metrics::Component::Manager),
+        ),
+    ] {
+        if let Some(addr) = addr {
+            let listener = crate::metrics::server::bind(addr).await?;
+            tracing::info!(listen = ?listener.local_addr().ok(), metrics = metrics.is_some(), "admin endpoints serving");
+            tokio::spawn(crate::metrics::server::serve(
+                listener,
+                crate::metrics::server::Endpoints {
+                    metrics,
+                    healthz: healthz.clone(),
+                    readyz: readyz.clone(),
+                },
+                admin_stopped.clone(),
+            ));
+        }
+    }
     let lost = match opts.lease {
         Some(config) => {
             let api: Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -161,6 +213,7 @@ pub async fn run(
         }
         None => None,
     };
+    metrics.leader.set(1);
     let vcs: Api<VirtualCluster> = Api::all(client.clone());
     if let Err(e) = vcs.list(&ListParams::default().limit(1)).await {
         return Err(Error::Kube(e));
@@ -229,19 +282,150 @@ pub async fn run(
     let stop = async move {
         let _ = stop_rx.await;
     };
+    let (heartbeat, heartbeats) = futures::channel::mpsc::unbounded();
+    let ticker = tokio::spawn(watch_progress(ctx.clone(), watchdog.clone(), heartbeat));
+    watchdog.running();
+    let timed = {
+        let watchdog = watchdog.clone();
+        move |vc: Arc<VirtualCluster>, ctx: Arc<Context>| {
+            let watchdog = watchdog.clone();
+            async move {
+                let id = watchdog.reconcile_started();
+                let started = std::time::Instant::now();
+                let result = reconcile(vc, ctx.clone()).await;
+                watchdog.reconcile_ended(id);
+                record_reconcile(&result, started.elapsed(), &ctx.store);
+                result
+            }
+        }
+    };
+    let seen = watchdog.clone();
     controller
+        .reconcile_on(heartbeats)
         .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
+        .run(timed, error_policy, ctx)
+        .for_each(|res| {
+            let name = match &res {
+                Ok((r, _)) => Some(r.name.as_str()),
+                Err(kube::runtime::controller::Error::ObjectNotFound(r)) => Some(r.name.as_str()),
+                Err(_) => None,
+            };
+            if name == Some(watchdog::HEARTBEAT) {
+                // The controller runs requests only once its cache holds the initial list.
+                cache_synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                seen.heartbeat_back();
+            } else if let Err(e) = &res {
                 tracing::debug!(error = %e, "reconcile failed");
             }
+            async {}
         })
         .await;
+    ticker.abort();
+    metrics.leader.set(0);
+    let _ = admin_stop.send(true);
     let reason = lost_reason.lock().ok().and_then(|mut r| r.take());
     match reason {
         Some(reason) => Err(Error::Lease(reason)),
         None => Ok(()),
+    }
+}
+
+/// The watchdog's ticks (see [`watchdog`]): a heartbeat through the controller's queue, a fresh
+/// list compared with the controller's cache, and the phase counts.
+async fn watch_progress(
+    ctx: Arc<Context>,
+    watchdog: Arc<watchdog::Watchdog>,
+    heartbeat: futures::channel::mpsc::UnboundedSender<
+        kube::runtime::reflector::ObjectRef<VirtualCluster>,
+    >,
+) {
+    let tick = (watchdog.stuck_after / 4).max(Duration::from_secs(1));
+    let api: Api<VirtualCluster> = Api::all(ctx.client.clone());
+    loop {
+        if watchdog.heartbeat_sent() {
+            let _ = heartbeat.unbounded_send(kube::runtime::reflector::ObjectRef::new(
+                watchdog::HEARTBEAT,
+            ));
+        }
+        let listed = tokio::time::timeout(tick, api.list_metadata(&ListParams::default())).await;
+        match &listed {
+            Ok(Err(e)) => tracing::warn!(error = %e, "watchdog: listing VirtualClusters failed"),
+            Err(_) => tracing::warn!("watchdog: listing VirtualClusters timed out"),
+            Ok(Ok(_)) => {}
+        }
+        if let Ok(Ok(list)) = listed {
+            let versions = |m: &kube::api::ObjectMeta| {
+                Some((
+                    m.uid.clone()?,
+                    m.resource_version.clone().unwrap_or_default(),
+                ))
+            };
+            let listed = list
+                .items
+                .iter()
+                .filter_map(|o| versions(&o.metadata))
+                .collect();
+            let cached = ctx
+                .store
+                .state()
+                .iter()
+                .filter_map(|o| versions(&o.metadata))
+                .collect();
+            watchdog.compared(watchdog::differences(&listed, &cached));
+        }
+        count_phases(&ctx.store);
+        crate::metrics::get()
+            .manager
+            .watchdog_age
+            .set(watchdog.age());
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// Records one reconcile in the metrics: duration by result, the error's variant.
+fn record_reconcile(result: &Result<Action, Error>, took: Duration, store: &Store<VirtualCluster>) {
+    let m = &crate::metrics::get().manager;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    m.reconcile_duration
+        .get_or_create(&crate::metrics::ResultLabel { result: outcome })
+        .observe(took.as_secs_f64());
+    if let Err(e) = result {
+        m.reconcile_errors
+            .get_or_create(&crate::metrics::ReasonLabel { reason: e.kind() })
+            .inc();
+    }
+    count_phases(store);
+}
+
+/// VirtualClusters by phase (`None`: no status yet). Never by name.
+fn count_phases(store: &Store<VirtualCluster>) {
+    let m = &crate::metrics::get().manager;
+    let mut counts: std::collections::HashMap<&'static str, i64> = [
+        Phase::Provisioning,
+        Phase::Starting,
+        Phase::Ready,
+        Phase::Paused,
+        Phase::Refused,
+        Phase::Failed,
+        Phase::Deleting,
+    ]
+    .into_iter()
+    .map(|p| (p.as_str(), 0))
+    .chain([("None", 0)])
+    .collect();
+    for vc in store.state() {
+        let phase = vc
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map(|p| p.as_str())
+            .unwrap_or("None");
+        *counts.entry(phase).or_default() += 1;
+    }
+    for (phase, n) in counts {
+        m.virtual_clusters
+            .get_or_create(&crate::metrics::PhaseLabel { phase })
+            .set(n);
     }
 }
 

@@ -67,7 +67,11 @@ pub struct ProxyConfig {
     pub activity: Option<Arc<activity::Activity>>,
 }
 
+/// A readiness condition beyond the API server's own (the syncer caught up).
+pub type ReadinessGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 struct State {
+    gate: Option<ReadinessGate>,
     backend: Backend,
     backend_url: String,
     tokens: TokenAuthenticator,
@@ -111,6 +115,7 @@ impl Proxy {
             listener,
             tls: config.tls,
             state: Arc::new(State {
+                gate: None,
                 backend,
                 backend_url: config.backend_url.trim_end_matches('/').to_string(),
                 tokens: config.tokens,
@@ -124,6 +129,15 @@ impl Proxy {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `/readyz` answers 503 with the gate's reason while it fails, even once the API server is
+    /// ready (the syncer still listing). Other requests are not held back.
+    pub fn with_readiness_gate(mut self, gate: ReadinessGate) -> Proxy {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.gate = Some(gate);
+        }
+        self
     }
 
     /// Readiness as reported on `/readyz`; requests other than health checks get 503 until set.
@@ -234,7 +248,45 @@ fn is_health_path(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
+/// Answers one request, recording it in the proxy's metrics (verb, resource and code from fixed
+/// sets: see `metrics::labels`).
 async fn handle(
+    req: Request<Incoming>,
+    cert_identity: Arc<Option<Result<Identity, CertRefusal>>>,
+    state: Arc<State>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = std::time::Instant::now();
+    let (verb, resource) =
+        crate::metrics::labels::request(req.method(), req.uri().path(), req.uri().query());
+    let Ok(resp) = route(req, cert_identity, state).await;
+    let m = &crate::metrics::get().proxy;
+    let code = resp.status().as_u16();
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            verb,
+            resource,
+            code,
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&crate::metrics::RouteLabels { verb, resource })
+        .observe(started.elapsed().as_secs_f64());
+    if verb == "watch" && resp.status().is_success() {
+        // Open until the watch's body is dropped: ended by either side.
+        let open = crate::metrics::OpenGuard::open(&m.open_watches);
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .map_frame(move |frame| {
+                let _ = &open;
+                frame
+            })
+            .boxed_unsync();
+        return Ok(Response::from_parts(parts, body));
+    }
+    Ok(resp)
+}
+
+async fn route(
     req: Request<Incoming>,
     cert_identity: Arc<Option<Result<Identity, CertRefusal>>>,
     state: Arc<State>,
@@ -249,6 +301,13 @@ async fn handle(
                 return Ok(r);
             }
             return Ok(Response::new(full("ok")));
+        }
+        if path.starts_with("/readyz")
+            && let Some(Err(why)) = state.gate.as_ref().map(|g| g())
+        {
+            let mut r = Response::new(full(format!("{why}\n")));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(r);
         }
         // Health of the virtual API server itself, asked anonymously: RBAC lets anyone read it.
         // Never activity: the kubelet's and the manager's probes must not keep it awake.
@@ -338,6 +397,7 @@ pub(crate) fn spawn_tunnel(
 ) {
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        let _open = crate::metrics::OpenGuard::open(&crate::metrics::get().proxy.open_streams);
         match tokio::try_join!(client, backend) {
             Ok((client, backend)) => {
                 let mut client = TokioIo::new(client);

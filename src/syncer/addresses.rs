@@ -40,6 +40,11 @@ impl SharedStores {
     pub(crate) fn publish(&self, stores: Stores) {
         self.0.send_replace(Some(stores));
     }
+
+    /// Whether every watch of the syncer has delivered its initial list.
+    pub fn is_published(&self) -> bool {
+        self.0.borrow().is_some()
+    }
 }
 
 impl TenantAddresses for SharedStores {

@@ -64,14 +64,35 @@ pub async fn ensure_parts<K, S>(
     api: &Api<K>,
     store: &Store<S>,
     tenant: &Tenant,
-    mut desired: K,
+    desired: K,
     mut update: K,
 ) -> Result<(Applied, Option<K>), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
     S: Resource<DynamicType = ()> + Clone,
 {
-    let hash = stamp(&mut update);
+    let applied = write(api, store, tenant, desired, &mut update).await;
+    match &applied {
+        Ok((Applied::Created, _)) => crate::metrics::synced(crate::metrics::kind_of::<K>(), true),
+        Ok((Applied::Updated, _)) => crate::metrics::synced(crate::metrics::kind_of::<K>(), false),
+        _ => {}
+    }
+    applied
+}
+
+async fn write<K, S>(
+    api: &Api<K>,
+    store: &Store<S>,
+    tenant: &Tenant,
+    mut desired: K,
+    update: &mut K,
+) -> Result<(Applied, Option<K>), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    S: Resource<DynamicType = ()> + Clone,
+{
+    let hash = stamp(update);
+    let update: &K = update;
     desired
         .meta_mut()
         .annotations
@@ -83,7 +104,7 @@ where
         if hash_of(existing.as_ref()) == Some(hash.as_str()) {
             return Ok((Applied::Unchanged, None));
         }
-        let updated = apply(api, &name, &update, tenant).await?;
+        let updated = apply(api, &name, update, tenant).await?;
         return Ok((Applied::Updated, Some(updated)));
     }
     let pp = PostParams {
@@ -99,7 +120,7 @@ where
                     if hash_of(&existing) == Some(hash.as_str()) {
                         Ok((Applied::Unchanged, None))
                     } else {
-                        let updated = apply(api, &name, &update, tenant).await?;
+                        let updated = apply(api, &name, update, tenant).await?;
                         Ok((Applied::Updated, Some(updated)))
                     }
                 }

@@ -281,6 +281,8 @@ pub struct Context {
     pub bindings: Arc<pods::PendingBindings>,
     /// The custom kinds synced by configuration, once set up.
     pub custom: custom::Registry,
+    /// Host pod changes not yet reported up (for the status-up latency).
+    pub status_seen: Arc<crate::metrics::FirstSeen>,
 }
 
 impl Context {
@@ -759,11 +761,30 @@ pub async fn run(
         all.clone(),
         vec![waiting_pods, main_trigger(pod_main, gc.clone()), references],
     );
+    // Status-up latency starts when the host watch reports a change of the host pod.
+    let status_seen = Arc::new(crate::metrics::FirstSeen::default());
+    let status_clock: Hook<host_pod::HostPod> = {
+        let seen = status_seen.clone();
+        Box::new(move |ev| match ev {
+            // Bounded by the live host pods: a deleted one is forgotten.
+            watcher::Event::Delete(h) => {
+                if let Some(o) = crate::translate::origin(h.meta()) {
+                    seen.take(&format!("{}/{}", o.namespace, o.name));
+                }
+            }
+            _ => {
+                if let Some(o) = applied(ev).and_then(|h| crate::translate::origin(h.meta())) {
+                    seen.seen(format!("{}/{}", o.namespace, o.name));
+                }
+            }
+        })
+    };
     let (host_pods, r2, d2) = watched_store(
         Api::<host_pod::HostPod>::namespaced(host.clone(), &host_ns),
         owned.clone(),
         vec![
             owner_trigger_on(pod_requeue, gc.clone(), Change::Deleted),
+            status_clock,
             owner_trigger_on(pod_status, gc.clone(), Change::Applied),
         ],
     );
@@ -1068,6 +1089,7 @@ pub async fn run(
         backlog: pod_backlog,
         bindings,
         custom: custom::Registry::new(custom_kinds.len()),
+        status_seen,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -1176,6 +1198,7 @@ pub async fn run(
                 "syncer caches ready"
             );
             let _ = ready_tx.send(true);
+            crate::metrics::get().syncer.caches_synced.set(1);
             shared.publish(stores);
             // Keep the sender alive: dropping it would fail every later wait.
             std::future::pending::<()>().await;
@@ -1209,13 +1232,62 @@ where
     F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Action, SyncError>> + Send + 'static,
 {
+    let name: &'static str = match K::kind(&()) {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(_) => "other",
+    };
+    controller_named(name, ctx, reader, trigger, requeue, reconcile)
+}
+
+/// [`controller`] under its own name in the metrics (two controllers of one kind).
+pub fn controller_named<K, T, F, Fut>(
+    name: &'static str,
+    ctx: Arc<Context>,
+    reader: Store<K>,
+    trigger: T,
+    requeue: Requeue<K>,
+    mut reconcile: F,
+) -> Driver
+where
+    K: Watched,
+    T: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, SyncError>> + Send + 'static,
+{
     let concurrency = ctx.config.concurrency;
+    let queue = Arc::new(crate::metrics::Queue::new(name));
+    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
+    let trigger = trigger.inspect(move |o| {
+        if let Ok(o) = o {
+            q1.add(&key_of(o.meta()));
+        }
+    });
+    let requeue = requeue.inspect(move |r| {
+        q2.add(&format!(
+            "{}/{}",
+            r.namespace.as_deref().unwrap_or(""),
+            r.name
+        ))
+    });
+    let timed = move |obj: Arc<K>, ctx: Arc<Context>| {
+        q3.remove(&key_of(obj.meta()));
+        let run = reconcile(obj, ctx);
+        crate::metrics::timed_reconcile(name, run)
+    };
     Box::pin(
         Controller::for_stream(trigger, reader)
             .reconcile_on(requeue)
             .with_config(controller::Config::default().concurrency(concurrency))
-            .run(reconcile, error_policy::<K>, ctx)
+            .run(timed, error_policy::<K>, ctx)
             .for_each(|_| futures::future::ready(())),
+    )
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
     )
 }
 

@@ -37,7 +37,8 @@ pub fn status_controller(
     requeue: super::Requeue<Pod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
-    super::controller(
+    super::controller_named(
+        "PodStatus",
         ctx,
         reader,
         futures::stream::pending(),
@@ -76,7 +77,15 @@ async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, S
         return Ok(Action::await_change());
     }
     let virt_api: Api<Pod> = Api::namespaced(ctx.virt.clone(), &ns);
+    let seen = ctx.status_seen.take(&format!("{ns}/{name}"));
     sync_up(&vpod, &h, &ctx, &virt_api).await?;
+    if let Some(waited) = seen {
+        crate::metrics::get()
+            .syncer
+            .status_up
+            .get_or_create(&crate::metrics::KindLabel { kind: "Pod" })
+            .observe(waited.as_secs_f64());
+    }
     Ok(Action::await_change())
 }
 
@@ -272,6 +281,17 @@ async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action
     let update = translate::updatable(&desired.pod);
     let created =
         apply::ensure_parts(host_api, &ctx.stores.host_pods, tenant, desired.pod, update).await;
+    if matches!(created, Ok((Applied::Created, _)))
+        && let Some(waited) = ctx
+            .backlog
+            .waited(&vpod.namespace().unwrap_or_default(), &vpod.name_any())
+    {
+        crate::metrics::get()
+            .syncer
+            .create_to_host
+            .get_or_create(&crate::metrics::KindLabel { kind: "Pod" })
+            .observe(waited.as_secs_f64());
+    }
     if matches!(created, Ok((Applied::Created, _))) && !desired.dropped.is_empty() {
         let list: Vec<String> = desired.dropped.iter().map(|v| v.to_string()).collect();
         ctx.event(
