@@ -18,3 +18,4 @@ mod pod_streams;
 mod real_node;
 mod serve;
 mod syncer;
+mod top;

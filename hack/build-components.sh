@@ -7,6 +7,8 @@
 # CoreDNS (github.com/coredns/coredns), crictl (sigs.k8s.io/cri-tools) and kube-router
 # (github.com/cloudnativelabs/kube-router/v2, its NetworkPolicy firewall only). The default path does
 # not build them, so the host cluster alone stays quick to set up.
+# With --metrics-server also metrics-server (sigs.k8s.io/metrics-server) and kwok's resource
+# metrics and usage configuration (hack/host-cluster.sh up --metrics-server).
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
 #
 #   hack/build-components.sh [--real-node]
@@ -15,10 +17,12 @@ HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
 
 REAL_NODE=0
+METRICS_SERVER=0
 for arg in "$@"; do
   case "$arg" in
     --real-node) REAL_NODE=1 ;;
-    *) echo "usage: $0 [--real-node]" >&2; exit 2 ;;
+    --metrics-server) METRICS_SERVER=1 ;;
+    *) echo "usage: $0 [--real-node] [--metrics-server]" >&2; exit 2 ;;
   esac
 done
 
@@ -161,6 +165,31 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm failed"
 }
 
+build_metrics_server() {
+  if need_build metrics-server; then
+    log "building metrics-server $METRICS_SERVER_VERSION"
+    # Like kwok: no replace directives in its go.mod, so go install works directly.
+    GOBIN="$VKUBE_BIN" go install -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" || die "building metrics-server failed"
+  else
+    log "metrics-server $METRICS_SERVER_VERSION cached"
+  fi
+  # kwok emulates each fake node's kubelet /metrics/resource from these two files of its module:
+  # the Metric (the endpoint's series) and a ClusterResourceUsage (per-container usage from the
+  # pod annotations kwok.x-k8s.io/usage-cpu and usage-memory, 1m and 1Mi without them).
+  local dir="$VKUBE_CACHE/$K8S_VERSION/kwok-metrics"
+  if [[ ! -f "$dir/.done" ]]; then
+    local moddir
+    moddir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    [[ -f "$moddir/kustomize/metrics/resource/metrics-resource.yaml" ]] \
+      || die "kwok metrics files not found in the sigs.k8s.io/kwok@$KWOK_VERSION module"
+    mkdir -p "$dir"
+    cp "$moddir/kustomize/metrics/resource/metrics-resource.yaml" "$moddir/kustomize/metrics/usage/usage-from-annotation.yaml" "$dir/"
+    chmod -R u+w "$dir"
+    touch "$dir/.done"
+  fi
+}
+
 build_kube_router() {
   need_build kube-router || { log "kube-router $KUBE_ROUTER_VERSION cached"; return; }
   log "building kube-router $KUBE_ROUTER_VERSION"
@@ -180,5 +209,6 @@ if (( REAL_NODE )); then
   build_crictl
   build_kube_router
 fi
+(( METRICS_SERVER )) && build_metrics_server
 log "all components ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
 echo "$VKUBE_BIN"

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod host;
 pub mod kubeconfig;
 pub mod manager;
+pub mod metrics_api;
 pub mod names;
 pub mod pki;
 pub mod private_file;

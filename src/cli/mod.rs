@@ -50,6 +50,10 @@ enum Command {
     /// List the virtual clusters you can see (admins: all; developers: their own).
     #[command(visible_alias = "ls")]
     List(platform::ListArgs),
+    /// What each virtual cluster you can see uses on the host (admins: all; developers: their
+    /// own): pods, CPU and memory requested and used, storage, and totals over time.
+    #[command(visible_alias = "top")]
+    Usage(platform::ListArgs),
     /// Delete a virtual cluster and everything of it on the host.
     Delete(platform::NameArgs),
     /// Scale a virtual cluster's control plane to zero and remove its pods; its state is kept.
@@ -388,6 +392,7 @@ pub fn main() -> ExitCode {
             Command::Create(args) => platform::create(args).await,
             Command::Connect(args) => platform::connect(args).await,
             Command::List(args) => platform::list(args).await,
+            Command::Usage(args) => platform::usage(args).await,
             Command::Delete(args) => platform::delete(args).await,
             Command::Pause(args) => platform::pause(args, true).await,
             Command::Resume(args) => platform::pause(args, false).await,

@@ -95,6 +95,20 @@ struct State {
     addresses: Arc<dyn TenantAddresses>,
     counters: Counters,
     logged: RefusalLog,
+    local: Option<LocalBackend>,
+}
+
+/// A backend vkube serves in-process: a CONNECT to exactly `host:port` (a name that resolves
+/// nowhere, e.g. under `.invalid`) is handed to `serve` instead of being dialled, whatever the
+/// egress mode (see `crate::metrics_api`).
+pub struct LocalBackend {
+    pub host: String,
+    pub port: u16,
+    pub serve: Arc<
+        dyn Fn(TokioIo<hyper::upgrade::Upgraded>) -> futures::future::BoxFuture<'static, ()>
+            + Send
+            + Sync,
+    >,
 }
 
 /// A bound socket; [`EgressGuard::serve`] answers on it. The socket file is removed when the
@@ -153,8 +167,17 @@ impl EgressGuard {
                 addresses,
                 counters: Counters::default(),
                 logged: RefusalLog::default(),
+                local: None,
             }),
         })
+    }
+
+    /// Serves CONNECTs to `backend`'s name in-process (before [`EgressGuard::serve`]).
+    pub fn with_local(mut self, backend: LocalBackend) -> EgressGuard {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.local = Some(backend);
+        }
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -266,6 +289,20 @@ async fn handle(
             "vkube egress guard: CONNECT needs host:port",
         ));
     };
+    if let Some(local) = &state.local
+        && host.eq_ignore_ascii_case(&local.host)
+        && port == local.port
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        let serve = local.serve.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+                Err(e) => tracing::debug!(error = %e, "egress: in-process backend not upgraded"),
+            }
+        });
+        return Ok(Response::new(Full::new(Bytes::new())));
+    }
     let ips = match resolve(&host, port).await {
         Ok(ips) => ips,
         Err(e) => {

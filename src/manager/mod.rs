@@ -15,6 +15,7 @@
 pub mod lease;
 pub mod objects;
 pub mod policy;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,6 +181,7 @@ pub async fn run(
     let stop = async move {
         let _ = stop_rx.await;
     };
+    let metering = tokio::spawn(usage::run(ctx.clone()));
     controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
@@ -189,6 +191,7 @@ pub async fn run(
             }
         })
         .await;
+    metering.abort();
     let reason = lost_reason.lock().ok().and_then(|mut r| r.take());
     match reason {
         Some(reason) => Err(Error::Lease(reason)),

@@ -40,6 +40,11 @@ impl SharedStores {
     pub(crate) fn publish(&self, stores: Stores) {
         self.0.send_replace(Some(stores));
     }
+
+    /// The stores, once complete (the metrics API reads pods and nodes from them).
+    pub fn current(&self) -> Option<Stores> {
+        self.0.borrow().clone()
+    }
 }
 
 impl TenantAddresses for SharedStores {
