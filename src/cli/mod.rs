@@ -369,6 +369,9 @@ struct ManagerArgs {
     /// Host kubeconfig (default: in-cluster config, then $KUBECONFIG).
     #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Seconds between two samples of every tenant's usage (status.usage).
+    #[arg(long, env = "VKUBE_USAGE_EVERY", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    usage_every: u64,
 }
 
 pub fn main() -> ExitCode {
@@ -644,6 +647,7 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
             policy,
             lease,
             own_namespace,
+            usage_every: std::time::Duration::from_secs(args.usage_every),
         },
         shutdown_signal(),
     )

@@ -110,6 +110,8 @@ pub struct ManagerOptions {
     /// The release namespace (POD_NAMESPACE); default: the namespace of the manager's
     /// ServiceAccount.
     pub own_namespace: Option<String>,
+    /// How often every tenant's usage is sampled (`usage`).
+    pub usage_every: Duration,
 }
 
 /// Who the host says the manager is (a ServiceAccount in the chart).
@@ -181,7 +183,7 @@ pub async fn run(
     let stop = async move {
         let _ = stop_rx.await;
     };
-    let metering = tokio::spawn(usage::run(ctx.clone()));
+    let metering = tokio::spawn(usage::run(ctx.clone(), opts.usage_every));
     controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)

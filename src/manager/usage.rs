@@ -24,8 +24,6 @@ use crate::api::{Phase, Usage, VirtualCluster};
 use crate::translate::MANAGED_BY;
 use crate::translate::metrics::{MetricsList, PodMetrics, nanos};
 
-/// How often every tenant is sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 /// The longest gap between two samples that is metered (see `Usage`).
 pub const MAX_GAP_SECONDS: f64 = 300.0;
 
@@ -308,10 +306,10 @@ async fn meter(ctx: &Context, vc: &VirtualCluster, namespace: &str) -> Result<()
     Ok(())
 }
 
-/// Samples every metered cluster each [`SAMPLE_EVERY`] until the task is dropped (the manager
-/// runs it while it leads).
-pub async fn run(ctx: Arc<Context>) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+/// Samples every metered cluster each `every` until the task is dropped (the manager runs it
+/// while it leads).
+pub async fn run(ctx: Arc<Context>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
