@@ -8,9 +8,10 @@
 //! aggregator dials it through the egress guard (`crate::egress`), which serves a CONNECT to that
 //! name in-process ([`MetricsApi::serve_connection`]) instead of dialling out. So kubectl (through
 //! the proxy) and the virtual controller manager (straight to the API server) take the same path,
-//! and discovery lists the group as on any cluster. Only the virtual API server reaches the
-//! egress socket, so the `X-Remote-*` identity headers the aggregator sets are trusted; each
-//! request is then authorised with a SubjectAccessReview in the virtual API (virtual RBAC decides).
+//! and discovery lists the group as on any cluster. The virtual API server authorises every
+//! request (virtual RBAC on `pods`/`nodes` of `metrics.k8s.io`) before its aggregator proxies
+//! it here, and only the virtual API server reaches the egress socket, so nothing here judges
+//! the caller again: what is served is already confined to this tenant.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,15 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -58,11 +56,10 @@ pub enum MetricsApiError {
     Tls(String),
 }
 
-/// The served API: the tenant, both clients and the syncer's caches.
+/// The served API: the tenant, the host client and the syncer's caches.
 pub struct MetricsApi {
     tenant: Tenant,
     host: kube::Client,
-    virt: kube::Client,
     stores: SharedStores,
     node_sync: NodeSync,
     tls: tokio_rustls::TlsAcceptor,
@@ -77,7 +74,6 @@ impl MetricsApi {
     pub fn new(
         tenant: Tenant,
         host: kube::Client,
-        virt: kube::Client,
         stores: SharedStores,
         node_sync: NodeSync,
     ) -> Result<MetricsApi, MetricsApiError> {
@@ -100,7 +96,6 @@ impl MetricsApi {
         Ok(MetricsApi {
             tenant,
             host,
-            virt,
             stores,
             node_sync,
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -151,27 +146,6 @@ impl MetricsApi {
             Ok(r) => r,
             Err(resp) => return *resp,
         };
-        let caller = caller(req.headers());
-        if let Some((verb, resource, namespace, name)) = route.attributes() {
-            match self.review(&caller, verb, resource, namespace, name).await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    return status(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        &forbidden_message(&caller.0, verb, resource, namespace, name),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics API: access review failed");
-                    return status(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "ServiceUnavailable",
-                        "could not authorise the request; retry",
-                    );
-                }
-            }
-        }
         match route {
             Route::Discovery => json(StatusCode::OK, &discovery()),
             Route::Pods {
@@ -184,38 +158,6 @@ impl MetricsApi {
             }
             Route::Nodes { name, selector } => self.nodes(name.as_deref(), &selector).await,
         }
-    }
-
-    async fn review(
-        &self,
-        caller: &Caller,
-        verb: &str,
-        resource: &str,
-        namespace: Option<&str>,
-        name: Option<&str>,
-    ) -> Result<Option<String>, kube::Error> {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(caller.0.clone()),
-                uid: caller.3.clone(),
-                groups: Some(caller.1.clone()),
-                extra: (!caller.2.is_empty()).then(|| caller.2.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: namespace.map(str::to_string),
-                    verb: Some(verb.into()),
-                    group: Some(GROUP.into()),
-                    resource: Some(resource.into()),
-                    name: name.map(str::to_string),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let api: Api<SubjectAccessReview> = Api::all(self.virt.clone());
-        let result = api.create(&PostParams::default(), &review).await?;
-        let s = result.status.unwrap_or_default();
-        Ok((!s.allowed).then(|| s.reason.unwrap_or_default()))
     }
 
     /// The host's pod metrics of this tenant's namespace, selected on the host by the
@@ -408,40 +350,6 @@ impl MetricsApi {
     }
 }
 
-/// The caller as the aggregator names it: user, groups, extra, uid.
-struct Caller(
-    String,
-    Vec<String>,
-    BTreeMap<String, Vec<String>>,
-    Option<String>,
-);
-
-fn caller(headers: &HeaderMap) -> Caller {
-    let text = |v: &http::HeaderValue| v.to_str().ok().map(str::to_string);
-    let user = headers
-        .get(crate::proxy::identity::REMOTE_USER)
-        .and_then(text)
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "system:anonymous".into());
-    let groups = headers
-        .get_all(crate::proxy::identity::REMOTE_GROUP)
-        .iter()
-        .filter_map(text)
-        .collect();
-    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in headers {
-        if let (Some(key), Some(v)) = (
-            k.as_str()
-                .strip_prefix(crate::proxy::identity::REMOTE_EXTRA_PREFIX),
-            text(v),
-        ) {
-            extra.entry(decode(key)).or_default().push(v);
-        }
-    }
-    let uid = headers.get("x-remote-uid").and_then(text);
-    Caller(user, groups, extra, uid)
-}
-
 #[derive(Debug, PartialEq)]
 enum Route {
     Discovery,
@@ -454,20 +362,6 @@ enum Route {
         name: Option<String>,
         selector: Vec<Requirement>,
     },
-}
-
-impl Route {
-    /// What a SubjectAccessReview asks: verb, resource, namespace, name.
-    fn attributes(&self) -> Option<(&'static str, &'static str, Option<&str>, Option<&str>)> {
-        let verb = |name: &Option<String>| if name.is_some() { "get" } else { "list" };
-        match self {
-            Route::Discovery => None,
-            Route::Pods {
-                namespace, name, ..
-            } => Some((verb(name), "pods", namespace.as_deref(), name.as_deref())),
-            Route::Nodes { name, .. } => Some((verb(name), "nodes", None, name.as_deref())),
-        }
-    }
 }
 
 /// The request's route (pure). Everything outside the API's paths is a 404, so the aggregator
@@ -590,26 +484,6 @@ fn not_synced() -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE,
         "ServiceUnavailable",
         "the virtual cluster's pods are not known yet; retry",
-    )
-}
-
-fn forbidden_message(
-    user: &str,
-    verb: &str,
-    resource: &str,
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> String {
-    let object = match name {
-        Some(n) => format!("{resource}.{GROUP} \"{n}\""),
-        None => format!("{resource}.{GROUP}"),
-    };
-    let scope = match namespace {
-        Some(ns) => format!(" in the namespace \"{ns}\""),
-        None => " at the cluster scope".into(),
-    };
-    format!(
-        "{object} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{GROUP}\"{scope}"
     )
 }
 
@@ -785,30 +659,6 @@ mod tests {
             let got = route(p, q).err().map(|r| r.status().as_u16());
             assert_eq!(got, Some(code), "{p}?{q}");
         }
-    }
-
-    #[test]
-    fn requests_are_authorised_as_list_or_get_in_the_metrics_group() {
-        let r = route("/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods", "").unwrap();
-        assert_eq!(r.attributes(), Some(("list", "pods", Some("ns"), None)));
-        let r = route("/apis/metrics.k8s.io/v1beta1/nodes/n", "").unwrap();
-        assert_eq!(r.attributes(), Some(("get", "nodes", None, Some("n"))));
-        assert_eq!(Route::Discovery.attributes(), None);
-    }
-
-    #[test]
-    fn the_aggregator_identity_headers_name_the_caller() {
-        let mut h = HeaderMap::new();
-        h.insert("x-remote-user", "jane".parse().unwrap());
-        h.append("x-remote-group", "dev".parse().unwrap());
-        h.append("x-remote-group", "system:authenticated".parse().unwrap());
-        h.insert("x-remote-extra-scopes%2Fx", "a".parse().unwrap());
-        let c = caller(&h);
-        assert_eq!(c.0, "jane");
-        assert_eq!(c.1, ["dev", "system:authenticated"]);
-        assert_eq!(c.2.get("scopes/x"), Some(&vec!["a".to_string()]));
-        // No user header: anonymous, which virtual RBAC denies.
-        assert_eq!(caller(&HeaderMap::new()).0, "system:anonymous");
     }
 
     #[test]

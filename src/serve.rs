@@ -515,7 +515,6 @@ pub async fn run(
         Some(o) => match crate::metrics_api::MetricsApi::new(
             tenant.clone(),
             host.clone(),
-            virt_client.clone(),
             shared_stores.clone(),
             o.node_sync,
         ) {

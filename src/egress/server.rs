@@ -485,6 +485,37 @@ mod tests {
         assert_eq!(&buf, b"pong");
     }
 
+    #[tokio::test]
+    async fn only_the_in_process_backends_exact_name_and_port_are_served_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let backend = LocalBackend {
+            host: "metrics.vkube.invalid".into(),
+            port: 443,
+            serve: Arc::new(|mut io| {
+                Box::pin(async move {
+                    let _ = io.write_all(b"local").await;
+                })
+            }),
+        };
+        let guard = EgressGuard::bind(&path, EgressPolicy::default(), Arc::new(NoAddresses))
+            .unwrap()
+            .with_local(backend);
+        let (_stop, rx) = watch::channel(false);
+        tokio::spawn(guard.serve(rx));
+        let (head, mut conn) = connect_through(&path, "METRICS.vkube.invalid:443").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"local");
+        // Another port of the name, or another name: judged and dialled as any destination
+        // (this one resolves nowhere).
+        for other in ["metrics.vkube.invalid:444", "x.metrics.vkube.invalid:443"] {
+            let (head, _) = connect_through(&path, other).await;
+            assert!(!head.starts_with("HTTP/1.1 200"), "{other}: {head}");
+        }
+    }
+
     /// The syncer's caches never become ready.
     struct NeverReady;
     impl TenantAddresses for NeverReady {
