@@ -19,3 +19,5 @@ mod real_node;
 mod serve;
 mod syncer;
 mod top;
+mod upgrade;
+mod versions;

@@ -7,23 +7,34 @@
 # CoreDNS (github.com/coredns/coredns), crictl (sigs.k8s.io/cri-tools) and kube-router
 # (github.com/cloudnativelabs/kube-router/v2, its NetworkPolicy firewall only). The default path does
 # not build them, so the host cluster alone stays quick to set up.
+# With --control-plane VERSION only the virtual control plane of another Kubernetes version
+# (kube-apiserver, kube-controller-manager; etcd is shared), into $VKUBE_CACHE/VERSION/bin: what
+# `vkube serve --kubernetes-version` runs (the versions tested are VIRTUAL_K8S_VERSIONS in
+# hack/versions.sh).
 # With --metrics-server also metrics-server (sigs.k8s.io/metrics-server) and kwok's resource
 # metrics and usage configuration (hack/host-cluster.sh up --metrics-server).
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
 #
-#   hack/build-components.sh [--real-node]
+#   hack/build-components.sh [--real-node] [--metrics-server]
+#   hack/build-components.sh --control-plane v1.34.4
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
 
 REAL_NODE=0
 METRICS_SERVER=0
-for arg in "$@"; do
-  case "$arg" in
+CONTROL_PLANE_ONLY=0
+while (( $# )); do
+  case "$1" in
     --real-node) REAL_NODE=1 ;;
     --metrics-server) METRICS_SERVER=1 ;;
-    *) echo "usage: $0 [--real-node] [--metrics-server]" >&2; exit 2 ;;
+    --control-plane)
+      [[ "${2:-}" =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "usage: $0 --control-plane v1.MINOR.PATCH" >&2; exit 2; }
+      CONTROL_PLANE_ONLY=1 K8S_VERSION="$2" VKUBE_BIN="$VKUBE_CACHE/$2/bin"
+      shift ;;
+    *) echo "usage: $0 [--real-node] [--metrics-server] | --control-plane VERSION" >&2; exit 2 ;;
   esac
+  shift
 done
 
 log() { printf '[hack/build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -42,6 +53,7 @@ build_kubernetes() {
   local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
   (( REAL_NODE )) && bins+=(kubelet kube-proxy)
+  (( CONTROL_PLANE_ONLY )) && bins=(kube-apiserver kube-controller-manager)
   need_build "${bins[@]}" || { log "kubernetes $K8S_VERSION binaries cached"; return; }
   local dir="$SRC/kubernetes" staging_ver="v0.${K8S_VERSION#v1.}"
   mkdir -p "$dir"
@@ -200,6 +212,12 @@ build_kube_router() {
 }
 
 start=$(date +%s)
+if (( CONTROL_PLANE_ONLY )); then
+  build_kubernetes
+  log "control plane $K8S_VERSION ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
+  echo "$VKUBE_BIN"
+  exit 0
+fi
 build_etcd
 build_kwok
 build_helm

@@ -15,6 +15,11 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 
 step "building real Kubernetes components (first run: ~7 min, then cached in $VKUBE_BIN)"
 BIN="$("$HACK_DIR/build-components.sh")"
+for v in $VIRTUAL_K8S_VERSIONS; do
+  [[ "$v" == "$K8S_VERSION" ]] && continue
+  step "building the virtual control plane of Kubernetes $v (first run: ~4 min, then cached)"
+  "$HACK_DIR/build-components.sh" --control-plane "$v" >/dev/null
+done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -24,6 +29,9 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "the Dockerfile agrees with hack/image-contents.txt"
 "$HACK_DIR/images.sh" check
+
+step "README and docs/ link only to files inside the repository"
+"$HACK_DIR/check-docs.sh"
 
 step "helm lint and helm template of charts/vkube"
 "$BIN/helm" lint --strict "$ROOT/charts/vkube"
@@ -68,7 +76,7 @@ case "$rc" in
     exit 1 ;;
 esac
 
-export VKUBE_E2E_HOST_KUBECONFIG="$HOST_KUBECONFIG" VKUBE_BIN_DIR="$BIN"
+export VKUBE_E2E_HOST_KUBECONFIG="$HOST_KUBECONFIG" VKUBE_BIN_DIR="$BIN" VKUBE_VERSIONS_DIR="$VKUBE_CACHE"
 # The real-node tests first and on their own: their timings (pod start latency) are not skewed by
 # the other tests, and they do not slow the timing-sensitive syncer tests on a 2-core machine.
 step "e2e tests on the real node (real containers, logs, exec, Services, cluster DNS, NetworkPolicies)"

@@ -1,6 +1,11 @@
 # Pinned versions of every real component the harness runs. Sourced by the other hack/ scripts.
 # v1.35: the last release whose kubelet still runs on cgroup v1 and supports containerd 1.x.
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
+# The virtual control plane in every minor vkube supports (src/controlplane/version.rs SUPPORTED):
+# hack/test.sh builds kube-apiserver and kube-controller-manager of each (cached per version,
+# ~4 min per extra minor on a cold 2-core machine) for the e2e matrix `versions::`. The host
+# cluster always runs K8S_VERSION.
+VIRTUAL_K8S_VERSIONS="${VIRTUAL_K8S_VERSIONS:-v1.34.4 v1.35.4 v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 # Real node only (hack/build-components.sh --real-node). CoreDNS v1.14.7: its go.mod needs Go 1.25

@@ -75,6 +75,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub binaries: Binaries,
+    /// The minor the control plane's binaries must be (`--kubernetes-version`).
+    pub kubernetes_version: Option<crate::controlplane::version::Minor>,
     pub service_cidr: String,
     /// Host Service that exposes the proxy (its DNS names go into the serving certificate).
     pub service_name: Option<String>,
@@ -299,6 +301,7 @@ pub async fn run(
         service_cidr: opts.service_cidr.clone(),
         startup_timeout: opts.startup_timeout,
         egress_socket,
+        version: opts.kubernetes_version,
     };
     // vkube's own client identity: never the certificate handed out in the kubeconfig.
     let internal = pki.leaf(Leaf::Internal).clone();

@@ -168,8 +168,30 @@ impl Tenant {
     /// A tenant that is not started yet. Its host namespace exists, with the ServiceAccount and
     /// Role of manifests/serve-rbac.yaml: `vkube serve` runs with exactly those rights.
     pub fn new(prefix: &str) -> Tenant {
+        Tenant::named(&unique(prefix))
+    }
+
+    /// [`Tenant::new`] under exactly `name` (tests of names fixed in golden files). A host
+    /// namespace of that name left by an earlier run is waited out first.
+    pub fn named(name: &str) -> Tenant {
+        let namespace = format!("vkube-{name}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while kubectl(
+            &env().host_kubeconfig,
+            &["get", "namespace", &namespace],
+            None,
+        )
+        .status
+        .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "host namespace {namespace} of an earlier run is still there after 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let tmp = tempfile::tempdir().unwrap();
-        let name = unique(prefix);
+        let name = name.to_string();
         let t = Tenant {
             namespace: format!("vkube-{name}"),
             name,

@@ -176,6 +176,16 @@ struct ServeArgs {
     /// Directory holding etcd, kube-apiserver and kube-controller-manager (default: $PATH).
     #[arg(long, env = "VKUBE_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// Kubernetes minor of the virtual control plane (1.34, 1.35 or 1.36). Its kube-apiserver
+    /// and kube-controller-manager come from --versions-dir when given, else --bin-dir; binaries
+    /// of another minor are refused. Default: whatever --bin-dir holds, if supported.
+    #[arg(long, env = "VKUBE_KUBERNETES_VERSION", value_parser = vkube::controlplane::version::Minor::supported)]
+    kubernetes_version: Option<vkube::controlplane::version::Minor>,
+    /// Directory with one `v1.MINOR.PATCH/bin` per Kubernetes version (the layout of
+    /// hack/build-components.sh's cache, ~/.cache/vkube): --kubernetes-version picks from it
+    /// (without --kubernetes-version it is not used).
+    #[arg(long, env = "VKUBE_VERSIONS_DIR")]
+    versions_dir: Option<PathBuf>,
     #[arg(long, env = "VKUBE_ETCD_BIN")]
     etcd_bin: Option<PathBuf>,
     #[arg(long, env = "VKUBE_KUBE_APISERVER_BIN")]
@@ -488,16 +498,21 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
             "--default-priority-class {d} is not one of --allow-priority-class: allow it too"
         );
     }
+    // etcd is the same for every version; the control plane's binaries follow the version.
+    let control_plane_dir = match (&args.versions_dir, args.kubernetes_version) {
+        (Some(dir), Some(minor)) => Some(vkube::controlplane::version::bin_dir_in(dir, minor)?),
+        _ => args.bin_dir.clone(),
+    };
     let binaries = Binaries {
         etcd: find_binary(args.etcd_bin, args.bin_dir.as_ref(), "etcd")?,
         kube_apiserver: find_binary(
             args.kube_apiserver_bin,
-            args.bin_dir.as_ref(),
+            control_plane_dir.as_ref(),
             "kube-apiserver",
         )?,
         kube_controller_manager: find_binary(
             args.kube_controller_manager_bin,
-            args.bin_dir.as_ref(),
+            control_plane_dir.as_ref(),
             "kube-controller-manager",
         )?,
     };
@@ -512,6 +527,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir,
         binaries,
+        kubernetes_version: args.kubernetes_version,
         service_cidr: args.service_cidr,
         service_name: args.service_name,
         advertise_address: args.advertise_address,

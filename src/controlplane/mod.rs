@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::pki::{Authority, Leaf, PkiFiles};
+pub mod version;
+
 use supervisor::{Backoff, ProcessSpec, ProcessState, Supervised, SupervisorError};
 
 /// Controllers a virtual cluster does not need: there are no real nodes, routes, cloud load
@@ -49,6 +51,8 @@ pub enum ControlPlaneError {
         timeout: Duration,
         last_line: Option<String>,
     },
+    #[error(transparent)]
+    Version(#[from] version::VersionError),
     #[error("no free port on 127.0.0.1: {0}")]
     NoPort(std::io::Error),
     #[error("preparing {path}: {source}")]
@@ -84,6 +88,8 @@ pub struct ControlPlaneConfig {
     /// The Unix socket of vkube's egress guard (`crate::egress`): every connection the API
     /// server opens on a tenant's behalf goes through it. `None`: the API server dials directly.
     pub egress_socket: Option<PathBuf>,
+    /// The minor the binaries must be (`--kubernetes-version`); `None`: any supported one.
+    pub version: Option<version::Minor>,
 }
 
 /// Loopback ports of one control plane.
@@ -294,6 +300,19 @@ impl ControlPlane {
         Fut: std::future::Future<Output = bool>,
     {
         config.binaries.check()?;
+        // Before anything starts: binaries of another minor than asked for (a wrong image, a
+        // stale directory) would otherwise run silently, or fail on flags they do not know.
+        let minor = version::check_binary(
+            "kube-apiserver",
+            &config.binaries.kube_apiserver,
+            config.version,
+        )?;
+        version::check_binary(
+            "kube-controller-manager",
+            &config.binaries.kube_controller_manager,
+            Some(minor),
+        )?;
+        tracing::info!(kubernetes = %minor, "virtual control plane version");
         let etcd_dir = config.data_dir.join("etcd");
         std::fs::create_dir_all(&etcd_dir).map_err(|source| ControlPlaneError::Io {
             path: etcd_dir.clone(),
@@ -339,7 +358,10 @@ impl ControlPlane {
             ProcessSpec {
                 name: "kube-apiserver".into(),
                 program: config.binaries.kube_apiserver.clone(),
-                args: apiserver_args(pki, ports, &config.service_cidr, egress_config.as_deref()),
+                args: version::apiserver_flags(
+                    minor,
+                    apiserver_args(pki, ports, &config.service_cidr, egress_config.as_deref()),
+                ),
                 // A smaller heap target: the virtual API server is mostly idle.
                 env: vec![("GOGC".into(), "50".into())],
             },
@@ -366,7 +388,10 @@ impl ControlPlane {
             ProcessSpec {
                 name: "kube-controller-manager".into(),
                 program: config.binaries.kube_controller_manager.clone(),
-                args: controller_manager_args(pki, controller_manager_kubeconfig),
+                args: version::controller_manager_flags(
+                    minor,
+                    controller_manager_args(pki, controller_manager_kubeconfig),
+                ),
                 env: vec![("GOGC".into(), "50".into())],
             },
             backoff,

@@ -534,6 +534,9 @@ pub fn stateful_set(
         server,
         "--pod-security".into(),
         resolved.pod_security.as_str().into(),
+        // The image holds one version's binaries; serve refuses to run another than asked for.
+        "--kubernetes-version".into(),
+        resolved.version.clone(),
     ];
     if !policy.syncer_cluster_read {
         // Without the grant, say so in the arguments rather than in a warning at every start.

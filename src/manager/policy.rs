@@ -364,6 +364,25 @@ impl Policy {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
+        // Every listed version is one this vkube runs (`vkube serve --kubernetes-version`),
+        // written as the minor ("1.35"), once: a tenant must never be promised a control plane
+        // that cannot start.
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &self.kubernetes_versions {
+            let minor = crate::controlplane::version::Minor::supported(&v.version)
+                .map_err(|e| PolicyError::Invalid(format!("kubernetesVersions: {e}")))?;
+            if minor.to_string() != v.version {
+                return Err(PolicyError::Invalid(format!(
+                    "kubernetesVersions: write {:?} as the minor, {minor:?}",
+                    v.version
+                )));
+            }
+            if !seen.insert(minor) {
+                return Err(PolicyError::Invalid(format!(
+                    "kubernetesVersions: {minor} is listed twice"
+                )));
+            }
+        }
         if self.image_for(&self.default_kubernetes_version).is_none() {
             return Err(PolicyError::Invalid(format!(
                 "defaultKubernetesVersion {:?} is not in kubernetesVersions",
@@ -1000,6 +1019,41 @@ placement:
         .unwrap_err();
         assert!(err.to_string().contains("defaultKubernetesVersion"));
         assert!(Policy::from_yaml("bogus: 1\n", "p").is_err());
+    }
+
+    #[test]
+    fn only_versions_vkube_runs_are_listed_once_as_minors() {
+        let read = |versions: &str| {
+            Policy::from_yaml(
+                &format!("kubernetesVersions: {versions}\ndefaultKubernetesVersion: '1.35'\n"),
+                "p",
+            )
+        };
+        let p = read("[{version: '1.34', image: a}, {version: '1.35', image: b}, {version: '1.36', image: c}]")
+            .unwrap();
+        assert_eq!(p.allowed_versions(), ["1.34", "1.35", "1.36"]);
+        assert_eq!(p.image_for("1.34"), Some("a"));
+        for (bad, why) in [
+            (
+                "[{version: '1.35', image: b}, {version: '1.20', image: a}]",
+                "not supported",
+            ),
+            (
+                "[{version: '1.35', image: b}, {version: '1.35', image: a}]",
+                "listed twice",
+            ),
+            (
+                "[{version: '1.35', image: b}, {version: 'v1.34', image: a}]",
+                "as the minor",
+            ),
+            (
+                "[{version: '1.35', image: b}, {version: 'latest', image: a}]",
+                "invalid",
+            ),
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

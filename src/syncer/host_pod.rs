@@ -33,10 +33,13 @@ struct CompactStatus {
 
 impl<'de> Deserialize<'de> for CompactStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Some(status) = Option::<PodStatus>::deserialize(d)? else {
+        // Kept as the host wrote it: a host newer than vkube's types reports fields they do not
+        // know, and those reach the virtual pod too (see `HostPod::status_json`).
+        let Some(raw) = Option::<serde_json::Value>::deserialize(d)? else {
             return Ok(CompactStatus::default());
         };
-        let json = serde_json::to_string(&status).map_err(serde::de::Error::custom)?;
+        let status = PodStatus::deserialize(&raw).map_err(serde::de::Error::custom)?;
+        let json = raw.to_string();
         let mut pod_ips: Vec<String> = status
             .pod_ips
             .into_iter()
@@ -67,6 +70,16 @@ impl HostPod {
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default()
+    }
+
+    /// The status exactly as the host reported it, fields unknown to vkube's types included
+    /// (an empty object before the API server set any).
+    pub fn status_json(&self) -> serde_json::Value {
+        self.status
+            .json
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_else(|| serde_json::json!({}))
     }
 
     pub fn pod_ips(&self) -> &[String] {
@@ -130,6 +143,18 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.244.0.7"));
         assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+        assert_eq!(p.pod_ips(), ["10.244.0.7".to_string()]);
+    }
+
+    #[test]
+    fn status_fields_unknown_to_vkube_are_kept() {
+        let newer = WATCHED.replace(
+            r#""qosClass": "BestEffort"}"#,
+            r#""qosClass": "BestEffort", "futureField": {"x": 1}}"#,
+        );
+        let p: HostPod = serde_json::from_str(&newer).expect("a pod");
+        assert_eq!(p.status_json()["futureField"], serde_json::json!({"x": 1}));
+        assert_eq!(p.status().phase.as_deref(), Some("Running"));
         assert_eq!(p.pod_ips(), ["10.244.0.7".to_string()]);
     }
 

@@ -400,7 +400,7 @@ async fn sync_up(
         (false, status) => status,
     };
     if status_differs(have.as_ref(), want) {
-        let patch = serde_json::json!({ "status": want });
+        let patch = serde_json::json!({ "status": status_patch(hpod.status_json()) });
         match virt_api
             .patch_status(
                 &vpod.name_any(),
@@ -459,6 +459,20 @@ fn bound(mut status: PodStatus) -> PodStatus {
 pub fn status_for_virtual(mut host: PodStatus) -> PodStatus {
     host.qos_class = None;
     host
+}
+
+/// The merge patch of the virtual pod's status: the host's status as the host wrote it, so
+/// fields vkube's types do not know (a newer host) survive the trip up, less what
+/// [`status_for_virtual`] leaves out. Nulls are dropped: in a merge patch they would delete.
+/// Only a difference in known fields ([`status_differs`]) causes a write; unknown ones ride
+/// along, so a virtual API server that drops them never causes a write loop.
+pub fn status_patch(host: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(mut status) = host else {
+        return serde_json::json!({});
+    };
+    status.remove("qosClass");
+    status.retain(|_, v| !v.is_null());
+    serde_json::Value::Object(status)
 }
 
 /// Whether any field the host reports differs from the virtual status. Condition timestamps
@@ -541,6 +555,19 @@ mod tests {
         assert!(status_differs(Some(&virt), &host));
         virt.conditions = None;
         assert!(status_differs(Some(&virt), &host));
+    }
+
+    #[test]
+    fn the_status_patch_keeps_unknown_fields_and_leaves_out_the_qos_class() {
+        let host = serde_json::json!({
+            "phase": "Running", "podIP": "10.244.0.7", "qosClass": "Burstable",
+            "futureField": {"x": 1}, "nominatedNodeName": null,
+        });
+        assert_eq!(
+            status_patch(host),
+            serde_json::json!({"phase": "Running", "podIP": "10.244.0.7", "futureField": {"x": 1}})
+        );
+        assert_eq!(status_patch(serde_json::json!(null)), serde_json::json!({}));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub mod service;
 pub mod storageclass;
 pub mod volumes;
 
+#[cfg(test)]
+mod golden;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
