@@ -283,6 +283,8 @@ impl Manager {
             .arg(format!("{first}-{last}"))
             .env("RUST_LOG", "info,kube_client::client::builder=off")
             .env("NO_COLOR", "1")
+            // Usage sampled every 2 s (usage_is_metered_...), not every 30.
+            .env("VKUBE_USAGE_EVERY", "2")
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         use std::os::unix::process::CommandExt;
@@ -1615,4 +1617,151 @@ async fn a_revoked_admin_certificate_is_refused_and_the_new_one_works() {
     for secret in ["PRIVATE KEY", "BEGIN CERTIFICATE", "client-key-data"] {
         assert!(!log.contains(secret), "the log shows {secret}");
     }
+}
+
+/// A host pod of `tenant` as its syncer makes it (ownership label), or, without a tenant, as the
+/// platform's own (the control plane); kwok reports `cpu_used` for each container.
+fn host_pod(ns: &str, name: &str, tenant: Option<&str>, cpu: &str, cpu_used: &str) {
+    let labels = tenant
+        .map(|t| format!("labels: {{vkube.dev/managed-by: {t}, vkube.dev/namespace: default}}, "))
+        .unwrap_or_default();
+    let out = kubectl_in(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, {labels}annotations: {{kwok.x-k8s.io/usage-cpu: {cpu_used}}}}}\nspec:\n  containers:\n  - {{name: c, image: busybox, resources: {{requests: {{cpu: {cpu}, memory: 64Mi}}, limits: {{memory: 64Mi}}}}}}\n"
+        ),
+    );
+    assert!(out.status.success(), "host pod {ns}/{name}: {}", text(&out));
+}
+
+fn usage_field(name: &str, field: &str) -> String {
+    jsonpath(&["get", "vc", name], &format!("{{.status.usage.{field}}}"))
+}
+
+/// Per-tenant usage: metered by the manager from host objects only (the tenant's ownership
+/// label; the platform's own pods do not count), measured CPU from the host's metrics-server,
+/// totals that grow and survive a manager restart, a status the owner cannot write, and
+/// `vkube usage` showing every tenant to the admin and each owner only their own.
+#[test]
+fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
+    let mut platform = Platform::start();
+    let mallory = Dev::new("mallory");
+    let bob = Dev::new("bob");
+    let (m, b) = (unique("use-m"), unique("use-b"));
+    let _cleanup = (Cleanup(m.clone()), Cleanup(b.clone()));
+    mallory.create_ok(&m);
+    bob.create_ok(&b);
+    platform.wait_phase(&m, "Starting");
+    platform.wait_phase(&b, "Starting");
+    let (mns, bns) = (format!("vkube-{m}"), format!("vkube-{b}"));
+    host_pod(&mns, "web-1", Some(&m), "100m", "50m");
+    host_pod(&mns, "web-2", Some(&m), "100m", "50m");
+    // The platform's (no ownership label) and another tenant's label in m's namespace: not m's.
+    host_pod(&mns, "platform", None, "200m", "500m");
+    host_pod(&mns, "not-mine", Some(&b), "200m", "500m");
+    host_pod(&bns, "job", Some(&b), "250m", "10m");
+    let out = kubectl_in(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {mns}, labels: {{vkube.dev/managed-by: {m}}}}}\nspec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+        ),
+    );
+    assert!(out.status.success(), "claim: {}", text(&out));
+
+    eventually("m's requests metered", Duration::from_secs(60), || {
+        (usage_field(&m, "pods") == "2"
+            && usage_field(&m, "cpuRequested") == "200m"
+            && usage_field(&m, "memoryRequested") == "128Mi"
+            && usage_field(&m, "storageClaimed") == "1Gi")
+            .then_some(())
+    });
+    // metrics-server needs two scrapes of each pod (15 s apart); until then m's pods have no
+    // numbers and count as 0.
+    eventually(
+        "m's measured CPU: its two pods' 100m",
+        Duration::from_secs(120),
+        || {
+            let used: u32 = usage_field(&m, "cpuUsed")
+                .trim_end_matches('m')
+                .parse()
+                .unwrap_or(0);
+            (80..=120).contains(&used).then_some(())
+        },
+    );
+    eventually("b's requests metered", Duration::from_secs(60), || {
+        (usage_field(&b, "pods") == "1" && usage_field(&b, "cpuRequested") == "250m").then_some(())
+    });
+
+    // Totals grow with time.
+    let first: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
+    let since = usage_field(&m, "since");
+    eventually("pod-seconds growing", Duration::from_secs(30), || {
+        let now: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
+        (now >= first + 4).then_some(())
+    });
+
+    // The owner cannot write the status.
+    let out = mallory.kubectl(
+        &[
+            "patch",
+            "vc",
+            &m,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"usage":{"podSeconds":0,"pods":0}}}"#,
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "the owner wrote its usage: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{}",
+        text(&out)
+    );
+
+    // A manager restart keeps the totals (they live in the status).
+    let before: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
+    platform.restart_manager();
+    eventually(
+        "pod-seconds growing after a restart",
+        Duration::from_secs(60),
+        || {
+            let now: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
+            (now > before).then_some(())
+        },
+    );
+    assert_eq!(usage_field(&m, "since"), since, "metering started over");
+
+    // vkube usage: each owner sees only their own, the admin everyone.
+    let names = |out: &Output| -> Vec<String> {
+        assert!(out.status.success(), "vkube usage: {}", text(out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["usage"].is_object())
+            .map(|i| i["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let seen = names(&mallory.vkube(&["usage", "-o", "json"]));
+    assert_eq!(seen, vec![m.clone()]);
+    let seen = names(&bob.vkube(&["usage", "-o", "json"]));
+    assert_eq!(seen, vec![b.clone()]);
+    let mut cmd = Command::new(common::vkube_bin());
+    cmd.args(["usage", "-o", "json", "--kubeconfig"])
+        .arg(admin());
+    let seen = names(&common::output_of(cmd, None));
+    assert!(seen.contains(&m) && seen.contains(&b), "{seen:?}");
+    let table = mallory.vkube(&["usage"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&m) && table.contains("200m") && !table.contains(&b),
+        "{table}"
+    );
 }

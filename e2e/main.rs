@@ -19,5 +19,6 @@ mod pod_streams;
 mod real_node;
 mod serve;
 mod syncer;
+mod top;
 mod upgrade;
 mod versions;

@@ -11,24 +11,28 @@
 # (kube-apiserver, kube-controller-manager; etcd is shared), into $VKUBE_CACHE/VERSION/bin: what
 # `vkube serve --kubernetes-version` runs (the versions tested are VIRTUAL_K8S_VERSIONS in
 # hack/versions.sh).
+# With --metrics-server also metrics-server (sigs.k8s.io/metrics-server) and kwok's resource
+# metrics and usage configuration (hack/host-cluster.sh up --metrics-server).
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
 #
-#   hack/build-components.sh [--real-node]
+#   hack/build-components.sh [--real-node] [--metrics-server]
 #   hack/build-components.sh --control-plane v1.34.4
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
 
 REAL_NODE=0
+METRICS_SERVER=0
 CONTROL_PLANE_ONLY=0
 while (( $# )); do
   case "$1" in
     --real-node) REAL_NODE=1 ;;
+    --metrics-server) METRICS_SERVER=1 ;;
     --control-plane)
       [[ "${2:-}" =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "usage: $0 --control-plane v1.MINOR.PATCH" >&2; exit 2; }
       CONTROL_PLANE_ONLY=1 K8S_VERSION="$2" VKUBE_BIN="$VKUBE_CACHE/$2/bin"
       shift ;;
-    *) echo "usage: $0 [--real-node] | --control-plane VERSION" >&2; exit 2 ;;
+    *) echo "usage: $0 [--real-node] [--metrics-server] | --control-plane VERSION" >&2; exit 2 ;;
   esac
   shift
 done
@@ -173,6 +177,31 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm failed"
 }
 
+build_metrics_server() {
+  if need_build metrics-server; then
+    log "building metrics-server $METRICS_SERVER_VERSION"
+    # Like kwok: no replace directives in its go.mod, so go install works directly.
+    GOBIN="$VKUBE_BIN" go install -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" || die "building metrics-server failed"
+  else
+    log "metrics-server $METRICS_SERVER_VERSION cached"
+  fi
+  # kwok emulates each fake node's kubelet /metrics/resource from these two files of its module:
+  # the Metric (the endpoint's series) and a ClusterResourceUsage (per-container usage from the
+  # pod annotations kwok.x-k8s.io/usage-cpu and usage-memory, 1m and 1Mi without them).
+  local dir="$VKUBE_CACHE/$K8S_VERSION/kwok-metrics"
+  if [[ ! -f "$dir/.done" ]]; then
+    local moddir
+    moddir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    [[ -f "$moddir/kustomize/metrics/resource/metrics-resource.yaml" ]] \
+      || die "kwok metrics files not found in the sigs.k8s.io/kwok@$KWOK_VERSION module"
+    mkdir -p "$dir"
+    cp "$moddir/kustomize/metrics/resource/metrics-resource.yaml" "$moddir/kustomize/metrics/usage/usage-from-annotation.yaml" "$dir/"
+    chmod -R u+w "$dir"
+    touch "$dir/.done"
+  fi
+}
+
 build_kube_router() {
   need_build kube-router || { log "kube-router $KUBE_ROUTER_VERSION cached"; return; }
   log "building kube-router $KUBE_ROUTER_VERSION"
@@ -198,5 +227,6 @@ if (( REAL_NODE )); then
   build_crictl
   build_kube_router
 fi
+(( METRICS_SERVER )) && build_metrics_server
 log "all components ready in $VKUBE_BIN ($(( $(date +%s) - start )) s)"
 echo "$VKUBE_BIN"

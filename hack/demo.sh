@@ -30,7 +30,7 @@ BIN="$("$HACK_DIR/build-components.sh")"
 log "building vkube (release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
 VKUBE="$ROOT/target/release/vkube"
-HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR")"
+HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --metrics-server)"
 
 if [[ -f "$VC_DIR/serve.pid" ]] && kill -0 "$(cat "$VC_DIR/serve.pid")" 2>/dev/null; then
   log "virtual cluster $NAME already running"

@@ -2,12 +2,15 @@
 # A real Kubernetes host cluster on loopback: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kwok (fake nodes: scheduled pods become Running without containers).
 #
-#   hack/host-cluster.sh up   [--dir DIR] [--nodes N]   start (idempotent); prints the kubeconfig path
+#   hack/host-cluster.sh up   [--dir DIR] [--nodes N] [--metrics-server]
+#                                                       start (idempotent); prints the kubeconfig path
 #   hack/host-cluster.sh down [--dir DIR]               stop every process, leave nothing behind
 #   hack/host-cluster.sh status [--dir DIR]
 #
 # Each DIR is an independent cluster on its own free ports, so several can run side by side.
 # Default DIR: $VKUBE_CACHE/host-cluster. The admin kubeconfig is DIR/kubeconfig.
+# --metrics-server: also metrics-server (the host's metrics.k8s.io API, as a process behind an
+# APIService), fed by kwok's emulation of each fake node's kubelet /metrics/resource.
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
@@ -15,10 +18,12 @@ source "$HACK_DIR/versions.sh"
 cmd="${1:-}"; shift || true
 DIR="$VKUBE_CACHE/host-cluster"
 NODES=3
+METRICS_SERVER=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
     --nodes) NODES="$2"; shift 2 ;;
+    --metrics-server) METRICS_SERVER=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +47,7 @@ start_proc() { # name binary args...
 
 stop_all() {
   [[ -d "$PIDS" ]] || return 0
-  local order=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+  local order=(metrics-server kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
   for name in "${order[@]}"; do
     [[ -f "$PIDS/$name" ]] || continue
     local pid; pid="$(cat "$PIDS/$name")"
@@ -119,11 +124,70 @@ gen_pki() {
   leaf apiserver-kubelet-client ca "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   leaf front-proxy-client front-proxy-ca "/CN=front-proxy-client" "$client"
   leaf kwok-kubelet ca "/CN=kwok-kubelet" 'extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n'
+  metrics_server_pki
   openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out sa.key
   openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
   chmod 600 ./*.key
   touch .done
   cd - >/dev/null
+}
+
+# metrics-server's serving certificate (the name the aggregator checks) and client identity;
+# also made for a PKI directory created before they existed.
+metrics_server_pki() {
+  [[ -f "$PKI/metrics-server-serving.crt" ]] && return 0
+  (
+    cd "$PKI"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout metrics-server-serving.key -out ms.csr -subj "/CN=metrics-server" 2>/dev/null
+    printf 'extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\nsubjectAltName=DNS:metrics-server.kube-system.svc\n' > ms.ext
+    openssl x509 -req -in ms.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out metrics-server-serving.crt -days 3650 -extfile ms.ext 2>/dev/null
+    # A test harness identity: it reads nodes and pods and reviews tokens and access.
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout metrics-server.key -out ms.csr -subj "/O=system:masters/CN=system:metrics-server" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' > ms.ext
+    openssl x509 -req -in ms.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out metrics-server.crt -days 3650 -extfile ms.ext 2>/dev/null
+    rm -f ms.csr ms.ext
+    chmod 600 ./*.key
+  )
+}
+
+# metrics-server as a process on loopback behind the APIService v1beta1.metrics.k8s.io. The
+# APIService names an ExternalName Service (localhost): the host API server resolves it to the
+# name and dials localhost:PORT; there is no kube-proxy here to route a cluster IP, and Endpoints
+# may not hold loopback addresses.
+start_metrics_server() { # kubectl
+  local kubectl="$1" port
+  port=$(free_port)
+  metrics_server_pki
+  kubeconfig "$DIR/metrics-server.kubeconfig" metrics-server "https://127.0.0.1:$(cat "$DIR/apiserver-port")"
+  log "starting metrics-server on https://127.0.0.1:$port"
+  start_proc metrics-server "$VKUBE_BIN/metrics-server" \
+    --kubeconfig "$DIR/metrics-server.kubeconfig" \
+    --authentication-kubeconfig "$DIR/metrics-server.kubeconfig" --authorization-kubeconfig "$DIR/metrics-server.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$port" \
+    --tls-cert-file "$PKI/metrics-server-serving.crt" --tls-private-key-file "$PKI/metrics-server-serving.key" \
+    --kubelet-use-node-status-port --kubelet-preferred-address-types InternalIP \
+    --kubelet-certificate-authority "$PKI/ca.crt" --metric-resolution 15s --kubelet-request-timeout 5s
+  cat <<YAML | "$kubectl" --kubeconfig "$DIR/kubeconfig" apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec: {type: ExternalName, externalName: localhost}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service: {name: metrics-server, namespace: kube-system, port: $port}
+  caBundle: $(base64 -w0 < "$PKI/ca.crt")
+YAML
+  # Available once it answers. Numbers follow a pod's first two scrapes (kwok reports a node
+  # as the sum of its pods, and metrics-server leaves out a node whose usage is zero).
+  wait_for "the metrics API" 90 "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /apis/metrics.k8s.io/v1beta1/nodes \
+    || die "metrics-server does not answer (logs: $LOGS/metrics-server.log)"
 }
 
 kubeconfig() { # file user server
@@ -183,9 +247,12 @@ wait_for() { # description seconds command...
 }
 
 up() {
-  local bin; bin="$("$HACK_DIR/build-components.sh")"
+  local bin build_flags=()
+  (( METRICS_SERVER )) && build_flags+=(--metrics-server)
+  bin="$("$HACK_DIR/build-components.sh" "${build_flags[@]}")"
   local kubectl="$bin/kubectl"
   if alive kube-apiserver && alive etcd && alive kwok && [[ -f "$DIR/kubeconfig" ]] \
+     && { (( ! METRICS_SERVER )) || alive metrics-server; } \
      && "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
     log "host cluster already running in $DIR"
     echo "$DIR/kubeconfig"; return 0
@@ -245,6 +312,9 @@ up() {
   for f in "$VKUBE_CACHE/$K8S_VERSION/kwok-stages"/*.yaml; do stages+=(--config "$f"); done
   kwok_debugging_config
   stages+=(--config "$DIR/kwok-debugging.yaml")
+  if (( METRICS_SERVER )); then
+    for f in "$VKUBE_CACHE/$K8S_VERSION/kwok-metrics"/*.yaml; do stages+=(--config "$f"); done
+  fi
   start_proc kwok "$bin/kwok" --kubeconfig "$DIR/kwok.kubeconfig" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds 40 \
@@ -259,7 +329,7 @@ apiVersion: v1
 kind: Node
 metadata:
   name: kwok-node-$i
-  annotations: {kwok.x-k8s.io/node: fake}
+  annotations: {kwok.x-k8s.io/node: fake, metrics.k8s.io/resource-metrics-path: /metrics/nodes/kwok-node-$i/metrics/resource}
   labels: {type: kwok, kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
 status:
   capacity: {cpu: "32", memory: 256Gi, pods: "110"}
@@ -272,7 +342,10 @@ NODE
   wait_for "default service account" 30 "$kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default \
     || die "controller-manager did not create the default ServiceAccount (logs: $LOGS)"
   install_snapshot_crds "$kubectl"
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+  (( METRICS_SERVER )) && start_metrics_server "$kubectl"
+  local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+  (( METRICS_SERVER )) && names+=(metrics-server)
+  for name in "${names[@]}"; do
     alive "$name" || die "$name exited (log: $LOGS/$name.log)"
   done
   log "host cluster up in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s: $NODES nodes, kubeconfig $DIR/kubeconfig"
@@ -283,8 +356,9 @@ case "$cmd" in
   up) up ;;
   down) stop_all; log "host cluster in $DIR stopped" ;;
   status)
-    for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+    for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server; do
+      [[ "$name" == metrics-server && ! -f "$PIDS/$name" ]] && continue
       if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name"))"; else echo "$name: stopped"; fi
     done ;;
-  *) echo "usage: $0 up|down|status [--dir DIR] [--nodes N]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [--dir DIR] [--nodes N] [--metrics-server]" >&2; exit 2 ;;
 esac

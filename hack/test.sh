@@ -56,7 +56,8 @@ cleanup() {
   rm -rf "$HOST_DIR"
 }
 trap cleanup EXIT
-HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --nodes 5)"
+# --metrics-server: `kubectl top` and HPAs in virtual clusters (e2e/top.rs), usage metering.
+HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --nodes 5 --metrics-server)"
 
 step "starting a real node in the host cluster (containerd, kubelet, kube-proxy, CoreDNS)"
 # Exit 3: this machine cannot run containers; exit 4: another run's real node is using it. Then

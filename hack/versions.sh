@@ -26,5 +26,9 @@ KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 # the host cluster for vkube's VolumeSnapshot sync, read from this Go module's config/crd/ as
 # upstream ships them (no snapshot controller runs: the tests play its part).
 SNAPSHOTTER_CLIENT_VERSION="${SNAPSHOTTER_CLIENT_VERSION:-v8.7.0}"
+# metrics-server, the host's metrics.k8s.io for `kubectl top` and HPAs in virtual clusters
+# (hack/host-cluster.sh up --metrics-server); v0.8.0 has the node annotation
+# metrics.k8s.io/resource-metrics-path that points it at kwok's emulated kubelet metrics.
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
 VKUBE_CACHE="${VKUBE_CACHE:-$HOME/.cache/vkube}"
 VKUBE_BIN="${VKUBE_BIN:-$VKUBE_CACHE/$K8S_VERSION/bin}"

@@ -193,6 +193,41 @@ pub struct VirtualClusterStatus {
     pub observed_sleep_request: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_wake_request: Option<String>,
+    /// What the tenant uses on the host, metered by the manager from the host objects of the
+    /// tenant's namespace (never from anything the tenant writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A tenant's usage: the figures of the last sample and totals accumulated since metering began.
+/// Totals grow by the previous sample's figures times the time between samples (at most
+/// 5 minutes of it: a longer gap, e.g. the manager down, is not metered rather than guessed).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// The tenant's host pods that hold resources (not Succeeded or Failed).
+    pub pods: u32,
+    /// Requests of those pods (a quantity, e.g. `1500m`).
+    pub cpu_requested: String,
+    /// Requests of those pods (a quantity, e.g. `512Mi`).
+    pub memory_requested: String,
+    /// Measured by the host's metrics API; absent when the host has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_used: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used: Option<String>,
+    /// Storage requested by the tenant's PersistentVolumeClaims.
+    pub storage_claimed: String,
+    /// Pod-seconds since `since`.
+    pub pod_seconds: u64,
+    /// Core-seconds of CPU requested since `since`.
+    pub cpu_requested_seconds: f64,
+    /// Core-seconds of CPU measured since `since` (only while the host's metrics API answered).
+    pub cpu_used_seconds: f64,
+    /// When metering began (RFC 3339).
+    pub since: String,
+    /// When the figures above were taken (RFC 3339).
+    pub sampled_at: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -12,6 +12,7 @@ pub mod host;
 pub mod kubeconfig;
 pub mod manager;
 pub mod metrics;
+pub mod metrics_api;
 pub mod names;
 pub mod pki;
 pub mod private_file;

@@ -263,6 +263,9 @@ pub async fn run(
     // moment (the aggregator probes APIServices at start): bound before it starts, judged
     // against the syncer's caches once they are complete.
     let shared_stores = syncer::addresses::SharedStores::default();
+    // The virtual cluster's metrics.k8s.io API, served through the egress guard once the
+    // virtual API and the syncer exist (`crate::metrics_api`).
+    let metrics_api: MetricsCell = Default::default();
     let egress_guard = match opts.apiserver_egress {
         crate::egress::EgressMode::Unrestricted => {
             tracing::warn!(
@@ -283,11 +286,15 @@ pub async fn run(
                     .map(|s| s.endpoint_policy.allowed.clone())
                     .unwrap_or_default(),
             };
-            Some(crate::egress::server::EgressGuard::bind(
+            let guard = crate::egress::server::EgressGuard::bind(
                 &crate::egress::server::socket_path(&opts.data_dir),
                 policy,
                 addresses,
-            )?)
+            )?;
+            Some(match &opts.syncer {
+                Some(_) => guard.with_local(metrics_backend(metrics_api.clone())),
+                None => guard,
+            })
         }
     };
     let egress_socket = egress_guard.as_ref().map(|g| g.path().to_path_buf());
@@ -425,7 +432,7 @@ pub async fn run(
     proxy.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_task = tokio::spawn(proxy.serve(stop_rx));
-    let metrics_task = metrics_listener.map(|l| {
+    let prometheus_task = metrics_listener.map(|l| {
         tracing::info!(listen = ?l.local_addr().ok(), "metrics, /healthz and /readyz serving");
         tokio::spawn(crate::metrics::server::serve(
             l,
@@ -554,6 +561,29 @@ pub async fn run(
             },
         ))
     });
+    let metrics_api_task = match &opts.syncer {
+        Some(o) => match crate::metrics_api::MetricsApi::new(
+            tenant.clone(),
+            host.clone(),
+            shared_stores.clone(),
+            o.node_sync,
+        ) {
+            Ok(api) => {
+                let ca = api.ca_bundle().to_string();
+                let _ = metrics_api.set(std::sync::Arc::new(api));
+                Some(tokio::spawn(crate::metrics_api::keep_registered(
+                    virt_client.clone(),
+                    ca,
+                    stop_tx.subscribe(),
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the virtual cluster's metrics API is not served");
+                None
+            }
+        },
+        None => None,
+    };
     let dns_task = match dns_socket {
         Some(socket) => {
             let (catalog, drivers) = crate::dns::catalog::StoreCatalog::new(
@@ -620,7 +650,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
-    if let Some(task) = metrics_task {
+    if let Some(task) = prometheus_task {
         let _ = task.await;
     }
     if let Some(task) = dns_task {
@@ -631,6 +661,9 @@ pub async fn run(
     let _ = activity_task.await;
     let _ = binding_task.await;
     let _ = renew_task.await;
+    if let Some(task) = metrics_api_task {
+        let _ = task.await;
+    }
     control_plane.stop().await;
     let _ = egress_stop.send(true);
     if let Some(task) = egress_task {
@@ -718,6 +751,26 @@ async fn publish_activity(
         if stopping {
             return;
         }
+    }
+}
+
+type MetricsCell =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::metrics_api::MetricsApi>>>;
+
+/// The egress guard's in-process backend for the metrics API: a connection that arrives before
+/// the API exists is closed (the aggregator retries).
+fn metrics_backend(cell: MetricsCell) -> crate::egress::server::LocalBackend {
+    crate::egress::server::LocalBackend {
+        host: crate::metrics_api::BACKEND_HOST.into(),
+        port: crate::metrics_api::BACKEND_PORT,
+        serve: std::sync::Arc::new(move |io| {
+            let api = cell.get().cloned();
+            Box::pin(async move {
+                if let Some(api) = api {
+                    api.serve_connection(io).await;
+                }
+            })
+        }),
     }
 }
 

@@ -50,6 +50,10 @@ enum Command {
     /// List the virtual clusters you can see (admins: all; developers: their own).
     #[command(visible_alias = "ls")]
     List(platform::ListArgs),
+    /// What each virtual cluster you can see uses on the host (admins: all; developers: their
+    /// own): pods, CPU and memory requested and used, storage, and totals over time.
+    #[command(visible_alias = "top")]
+    Usage(platform::ListArgs),
     /// Delete a virtual cluster and everything of it on the host.
     Delete(platform::NameArgs),
     /// Scale a virtual cluster's control plane to zero and remove its pods; its state is kept.
@@ -444,6 +448,9 @@ struct ManagerArgs {
     /// reconcile hung).
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     stuck_after_seconds: u64,
+    /// Seconds between two samples of every tenant's usage (status.usage).
+    #[arg(long, env = "VKUBE_USAGE_EVERY", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    usage_every: u64,
 }
 
 fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -485,6 +492,7 @@ pub fn main() -> ExitCode {
             Command::Create(args) => platform::create(args).await,
             Command::Connect(args) => platform::connect(args).await,
             Command::List(args) => platform::list(args).await,
+            Command::Usage(args) => platform::usage(args).await,
             Command::Delete(args) => platform::delete(args).await,
             Command::Pause(args) => platform::pause(args, true).await,
             Command::Resume(args) => platform::pause(args, false).await,
@@ -767,6 +775,7 @@ async fn manager_command(args: ManagerArgs) -> anyhow::Result<()> {
             metrics_listen: args.metrics_bind_address,
             health_listen: args.health_bind_address,
             stuck_after: Duration::from_secs(args.stuck_after_seconds.max(1)),
+            usage_every: std::time::Duration::from_secs(args.usage_every),
         },
         shutdown_signal(),
     )

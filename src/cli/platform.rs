@@ -1047,6 +1047,100 @@ fn table(items: &[VirtualCluster], now: k8s_openapi::jiff::Timestamp) -> String 
     out
 }
 
+/// `vkube usage`: the metered `status.usage` of every cluster the caller can see (the same
+/// visibility as `vkube list`).
+pub async fn usage(args: ListArgs) -> anyhow::Result<()> {
+    let host = host(&args.cluster).await?;
+    let mut items = visible(&host.client).await?;
+    items.sort_by_key(|v| v.metadata.name.clone());
+    let rows: Vec<serde_json::Value> = items
+        .iter()
+        .map(|vc| {
+            let s = vc.status.clone().unwrap_or_default();
+            serde_json::json!({
+                "name": vc.metadata.name,
+                "owner": s.owner,
+                "usage": s.usage,
+            })
+        })
+        .collect();
+    match args.output {
+        Some(Output::Json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"items": rows}))?
+        ),
+        Some(Output::Yaml) => print!(
+            "{}",
+            serde_yaml::to_string(&serde_json::json!({"items": rows}))?
+        ),
+        None => print!("{}", usage_table(&items)),
+    }
+    Ok(())
+}
+
+fn usage_table(items: &[VirtualCluster]) -> String {
+    if items.is_empty() {
+        return "No virtual clusters. Create one with `vkube create NAME`.\n".into();
+    }
+    let header = [
+        "NAME",
+        "OWNER",
+        "PODS",
+        "CPU REQ",
+        "CPU USED",
+        "MEM REQ",
+        "MEM USED",
+        "STORAGE",
+        "POD-HOURS",
+        "CPU-HOURS REQ",
+        "CPU-HOURS USED",
+        "SINCE",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for vc in items {
+        let s = vc.status.clone().unwrap_or_default();
+        let name = vc.metadata.name.clone().unwrap_or_default();
+        let owner = s.owner.clone().unwrap_or_default();
+        let row = match s.usage {
+            Some(u) => vec![
+                name,
+                owner,
+                u.pods.to_string(),
+                u.cpu_requested,
+                u.cpu_used.unwrap_or_else(|| "-".into()),
+                u.memory_requested,
+                u.memory_used.unwrap_or_else(|| "-".into()),
+                u.storage_claimed,
+                format!("{:.2}", u.pod_seconds as f64 / 3600.0),
+                format!("{:.3}", u.cpu_requested_seconds / 3600.0),
+                format!("{:.3}", u.cpu_used_seconds / 3600.0),
+                u.since,
+            ],
+            None => {
+                let mut r = vec![name, owner];
+                r.extend(std::iter::repeat_n("-".to_string(), header.len() - 3));
+                r.push("not metered yet".into());
+                r
+            }
+        };
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn human_age(secs: i64) -> String {
     match secs.max(0) {
         s if s < 120 => format!("{s}s"),

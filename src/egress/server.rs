@@ -95,6 +95,20 @@ struct State {
     addresses: Arc<dyn TenantAddresses>,
     counters: Counters,
     logged: RefusalLog,
+    local: Option<LocalBackend>,
+}
+
+/// A backend vkube serves in-process: a CONNECT to exactly `host:port` (a name that resolves
+/// nowhere, e.g. under `.invalid`) is handed to `serve` instead of being dialled, whatever the
+/// egress mode (see `crate::metrics_api`).
+pub struct LocalBackend {
+    pub host: String,
+    pub port: u16,
+    pub serve: Arc<
+        dyn Fn(TokioIo<hyper::upgrade::Upgraded>) -> futures::future::BoxFuture<'static, ()>
+            + Send
+            + Sync,
+    >,
 }
 
 /// A bound socket; [`EgressGuard::serve`] answers on it. The socket file is removed when the
@@ -153,8 +167,17 @@ impl EgressGuard {
                 addresses,
                 counters: Counters::default(),
                 logged: RefusalLog::default(),
+                local: None,
             }),
         })
+    }
+
+    /// Serves CONNECTs to `backend`'s name in-process (before [`EgressGuard::serve`]).
+    pub fn with_local(mut self, backend: LocalBackend) -> EgressGuard {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.local = Some(backend);
+        }
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -266,6 +289,20 @@ async fn handle(
             "vkube egress guard: CONNECT needs host:port",
         ));
     };
+    if let Some(local) = &state.local
+        && host.eq_ignore_ascii_case(&local.host)
+        && port == local.port
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        let serve = local.serve.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+                Err(e) => tracing::debug!(error = %e, "egress: in-process backend not upgraded"),
+            }
+        });
+        return Ok(Response::new(Full::new(Bytes::new())));
+    }
     let ips = match resolve(&host, port).await {
         Ok(ips) => ips,
         Err(e) => {
@@ -446,6 +483,37 @@ mod tests {
         server.write_all(b"pong").await.unwrap();
         conn.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn only_the_in_process_backends_exact_name_and_port_are_served_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let backend = LocalBackend {
+            host: "metrics.vkube.invalid".into(),
+            port: 443,
+            serve: Arc::new(|mut io| {
+                Box::pin(async move {
+                    let _ = io.write_all(b"local").await;
+                })
+            }),
+        };
+        let guard = EgressGuard::bind(&path, EgressPolicy::default(), Arc::new(NoAddresses))
+            .unwrap()
+            .with_local(backend);
+        let (_stop, rx) = watch::channel(false);
+        tokio::spawn(guard.serve(rx));
+        let (head, mut conn) = connect_through(&path, "METRICS.vkube.invalid:443").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"local");
+        // Another port of the name, or another name: judged and dialled as any destination
+        // (this one resolves nowhere).
+        for other in ["metrics.vkube.invalid:444", "x.metrics.vkube.invalid:443"] {
+            let (head, _) = connect_through(&path, other).await;
+            assert!(!head.starts_with("HTTP/1.1 200"), "{other}: {head}");
+        }
     }
 
     /// The syncer's caches never become ready.

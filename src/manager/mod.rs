@@ -16,6 +16,7 @@ pub mod lease;
 pub mod objects;
 pub mod policy;
 pub mod sleep;
+pub mod usage;
 pub mod waker;
 pub mod watchdog;
 
@@ -139,6 +140,8 @@ pub struct ManagerOptions {
     pub health_listen: Option<std::net::SocketAddr>,
     /// How long the controller may show no progress before `/healthz` fails.
     pub stuck_after: Duration,
+    /// How often every tenant's usage is sampled (`usage`).
+    pub usage_every: Duration,
 }
 
 /// Who the host says the manager is (a ServiceAccount in the chart).
@@ -300,6 +303,7 @@ pub async fn run(
         }
     };
     let seen = watchdog.clone();
+    let metering = tokio::spawn(usage::run(ctx.clone(), opts.usage_every));
     controller
         .reconcile_on(heartbeats)
         .graceful_shutdown_on(stop)
@@ -323,6 +327,7 @@ pub async fn run(
     ticker.abort();
     metrics.leader.set(0);
     let _ = admin_stop.send(true);
+    metering.abort();
     let reason = lost_reason.lock().ok().and_then(|mut r| r.take());
     match reason {
         Some(reason) => Err(Error::Lease(reason)),

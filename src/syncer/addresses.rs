@@ -45,6 +45,11 @@ impl SharedStores {
     pub fn is_published(&self) -> bool {
         self.0.borrow().is_some()
     }
+
+    /// The stores, once complete (the metrics API reads pods and nodes from them).
+    pub fn current(&self) -> Option<Stores> {
+        self.0.borrow().clone()
+    }
 }
 
 impl TenantAddresses for SharedStores {

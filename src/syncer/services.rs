@@ -37,6 +37,13 @@ pub fn is_virtual_apiserver(svc: &Service) -> bool {
         && svc.metadata.name.as_deref() == Some("kubernetes")
 }
 
+/// The Service that routes the virtual metrics API to vkube itself (`crate::metrics_api`): it
+/// leads nowhere on the host, so it is not copied there.
+pub fn is_metrics_api(svc: &Service) -> bool {
+    svc.metadata.namespace.as_deref() == Some(crate::metrics_api::SERVICE_NAMESPACE)
+        && svc.metadata.name.as_deref() == Some(crate::metrics_api::SERVICE_NAME)
+}
+
 async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
     if vsvc.metadata.deletion_timestamp.is_some() {
@@ -44,6 +51,9 @@ async fn reconcile(vsvc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Sync
     }
     if is_virtual_apiserver(&vsvc) {
         return show_api_service(&ctx, &vsvc).await;
+    }
+    if is_metrics_api(&vsvc) {
+        return Ok(Action::await_change());
     }
     let tenant = ctx.tenant();
     let mut host = match translate::service::to_host(&vsvc, tenant, ctx.config.service_policy) {

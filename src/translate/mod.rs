@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod fields;
 pub mod ingress;
+pub mod metrics;
 pub mod networkpolicy;
 pub mod node;
 pub mod pdb;
