@@ -238,6 +238,8 @@ fn vc_yaml(name: &str, owner: &str) -> String {
 struct Manager {
     child: Child,
     log: PathBuf,
+    /// Its `/metrics` listener on the loopback.
+    metrics_port: u16,
 }
 
 /// Where the local manager's waker says it is: a documentation address (TEST-NET-1), since
@@ -271,6 +273,7 @@ impl Manager {
             .append(true)
             .open(&log)
             .unwrap();
+        let metrics_port = common::free_port();
         let mut cmd = Command::new(common::vkube_bin());
         cmd.args(["manager", "--policy"])
             .arg(policy)
@@ -281,6 +284,8 @@ impl Manager {
             .args(["--waker-address", WAKER_ADDRESS])
             .arg("--waker-ports")
             .arg(format!("{first}-{last}"))
+            .arg("--metrics-bind-address")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,kube_client::client::builder=off")
             .env("NO_COLOR", "1")
             // Usage sampled every 2 s (usage_is_metered_...), not every 30.
@@ -296,7 +301,11 @@ impl Manager {
             });
         }
         let child = cmd.spawn().expect("vkube manager starts");
-        Manager { child, log }
+        Manager {
+            child,
+            log,
+            metrics_port,
+        }
     }
 
     fn log_tail(&self) -> String {
@@ -1691,6 +1700,22 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
     eventually("b's requests metered", Duration::from_secs(60), || {
         (usage_field(&b, "pods") == "1" && usage_field(&b, "cpuRequested") == "250m").then_some(())
     });
+    // The same figures as metrics labelled by tenant, for the admin's scraper.
+    eventually(
+        "usage on the manager's /metrics",
+        Duration::from_secs(30),
+        || {
+            let (code, body) =
+                crate::observability::get(platform.manager.metrics_port, "/metrics")?;
+            (code == 200
+                && body.contains(&format!("vkube_manager_tenant_pods{{tenant=\"{m}\"}} 2.0"))
+                && body.contains(&format!("vkube_manager_tenant_pods{{tenant=\"{b}\"}} 1.0"))
+                && body.contains(&format!(
+                    "vkube_manager_tenant_cpu_requested_cores{{tenant=\"{m}\"}} 0.2"
+                )))
+            .then_some(())
+        },
+    );
 
     // Totals grow with time.
     let first: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);

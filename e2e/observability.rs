@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, Tenant, free_port, unique};
 
 /// `GET path` on a plain HTTP admin listener: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(

@@ -328,6 +328,8 @@ pub async fn run(
     metrics.leader.set(0);
     let _ = admin_stop.send(true);
     metering.abort();
+    // Another replica meters from now on: this one's figures would go stale.
+    metrics.tenant_usage.retain(&Default::default());
     let reason = lost_reason.lock().ok().and_then(|mut r| r.take());
     match reason {
         Some(reason) => Err(Error::Lease(reason)),

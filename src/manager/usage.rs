@@ -285,6 +285,7 @@ async fn pod_metrics(client: &kube::Client, namespace: &str) -> Option<Vec<PodMe
     }
 }
 
+/// Meters one cluster into its status, then publishes the same figures as metrics.
 async fn meter(ctx: &Context, vc: &VirtualCluster, namespace: &str) -> Result<(), kube::Error> {
     let name = vc.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -303,6 +304,10 @@ async fn meter(ctx: &Context, vc: &VirtualCluster, namespace: &str) -> Result<()
         &Patch::Merge(json!({"status": {"usage": usage}})),
     )
     .await?;
+    crate::metrics::get()
+        .manager
+        .tenant_usage
+        .record(&name, &s, &usage);
     Ok(())
 }
 
@@ -313,14 +318,20 @@ pub async fn run(ctx: Arc<Context>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let mut metered_now = BTreeSet::new();
         for vc in ctx.store.state() {
             let Some(namespace) = metered(&vc) else {
                 continue;
             };
+            metered_now.insert(vc.name_any());
             if let Err(e) = meter(&ctx, &vc, &namespace).await {
                 tracing::warn!(vcluster = %vc.name_any(), error = %e, "metering usage failed");
             }
         }
+        crate::metrics::get()
+            .manager
+            .tenant_usage
+            .retain(&metered_now);
     }
 }
 

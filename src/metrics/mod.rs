@@ -132,7 +132,148 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// `vkube manager`. No tenant name appears: clusters are counted by phase only.
+/// A VirtualCluster's name: validated by the manager (a DNS label of at most 40 characters),
+/// and bounded by the number of clusters, unlike names chosen inside a tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+type TenantGauge = Family<TenantLabel, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+/// Each tenant's metered usage (`manager::usage`), labelled by VirtualCluster. Only the manager
+/// exposes these, on the port the admin's namespaces alone may reach.
+#[derive(Default)]
+pub struct TenantUsage {
+    pub pods: TenantGauge,
+    pub cpu_requested_cores: TenantGauge,
+    pub memory_requested_bytes: TenantGauge,
+    pub cpu_used_cores: TenantGauge,
+    pub memory_used_bytes: TenantGauge,
+    pub storage_claimed_bytes: TenantGauge,
+    pub pod_seconds: TenantGauge,
+    pub cpu_requested_core_seconds: TenantGauge,
+    pub cpu_used_core_seconds: TenantGauge,
+    /// The tenants with series now (the families cannot be listed).
+    recorded: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl TenantUsage {
+    fn families(&self) -> [(&'static str, &'static str, &TenantGauge); 9] {
+        [
+            (
+                "pods",
+                "The tenant's host pods holding resources",
+                &self.pods,
+            ),
+            (
+                "cpu_requested_cores",
+                "CPU requested by those pods",
+                &self.cpu_requested_cores,
+            ),
+            (
+                "memory_requested_bytes",
+                "Memory requested by those pods",
+                &self.memory_requested_bytes,
+            ),
+            (
+                "cpu_used_cores",
+                "CPU those pods used, from the host's metrics API",
+                &self.cpu_used_cores,
+            ),
+            (
+                "memory_used_bytes",
+                "Memory those pods used, from the host's metrics API",
+                &self.memory_used_bytes,
+            ),
+            (
+                "storage_claimed_bytes",
+                "Storage requested by the tenant's claims",
+                &self.storage_claimed_bytes,
+            ),
+            (
+                "pod_seconds",
+                "Pod-seconds since metering began (status.usage.since)",
+                &self.pod_seconds,
+            ),
+            (
+                "cpu_requested_core_seconds",
+                "Core-seconds of CPU requested since metering began",
+                &self.cpu_requested_core_seconds,
+            ),
+            (
+                "cpu_used_core_seconds",
+                "Core-seconds of CPU used since metering began",
+                &self.cpu_used_core_seconds,
+            ),
+        ]
+    }
+
+    /// Publishes one tenant's latest sample and totals. Figures the host could not measure (no
+    /// metrics API) are left out rather than shown as zero.
+    pub fn record(
+        &self,
+        tenant: &str,
+        sample: &crate::manager::usage::Sample,
+        usage: &crate::api::Usage,
+    ) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.insert(tenant.to_string());
+        }
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        let set = |family: &TenantGauge, value: f64| {
+            family.get_or_create(&label).set(value);
+        };
+        set(&self.pods, f64::from(sample.pods));
+        set(
+            &self.cpu_requested_cores,
+            sample.cpu_requested_milli as f64 / 1000.0,
+        );
+        set(
+            &self.memory_requested_bytes,
+            sample.memory_requested_bytes as f64,
+        );
+        set(&self.storage_claimed_bytes, sample.storage_bytes as f64);
+        match sample.cpu_used_milli {
+            Some(milli) => set(&self.cpu_used_cores, milli as f64 / 1000.0),
+            None => {
+                self.cpu_used_cores.remove(&label);
+            }
+        }
+        match sample.memory_used_bytes {
+            Some(bytes) => set(&self.memory_used_bytes, bytes as f64),
+            None => {
+                self.memory_used_bytes.remove(&label);
+            }
+        }
+        set(&self.pod_seconds, usage.pod_seconds as f64);
+        set(
+            &self.cpu_requested_core_seconds,
+            usage.cpu_requested_seconds,
+        );
+        set(&self.cpu_used_core_seconds, usage.cpu_used_seconds);
+    }
+
+    /// Drops the series of every tenant not in `metered` (deleted, refused, or no longer led
+    /// by this replica when `metered` is empty).
+    pub fn retain(&self, metered: &std::collections::BTreeSet<String>) {
+        let Ok(mut recorded) = self.recorded.lock() else {
+            return;
+        };
+        let stale: Vec<String> = recorded.difference(metered).cloned().collect();
+        for tenant in stale {
+            let label = TenantLabel { tenant };
+            for (_, _, family) in self.families() {
+                family.remove(&label);
+            }
+            recorded.remove(&label.tenant);
+        }
+    }
+}
+
+/// `vkube manager`. Tenant names appear only in `tenant_usage` (see [`TenantLabel`]).
 pub struct Manager {
     pub virtual_clusters: Family<PhaseLabel, Gauge>,
     pub reconcile_duration: HistogramFamily<ResultLabel>,
@@ -141,6 +282,7 @@ pub struct Manager {
     pub leader: Gauge,
     /// Seconds since the watchdog last saw the controller make progress.
     pub watchdog_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tenant_usage: TenantUsage,
 }
 
 pub struct Metrics {
@@ -187,6 +329,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
             watchdog_age: Gauge::default(),
+            tenant_usage: TenantUsage::default(),
         };
 
         let mut serve = Registry::default();
@@ -295,6 +438,10 @@ impl Metrics {
                 "Seconds since the controller was last seen making progress",
                 manager.watchdog_age.clone(),
             );
+            let t = m.sub_registry_with_prefix("tenant");
+            for (name, help, family) in manager.tenant_usage.families() {
+                t.register(name, help, family.clone());
+            }
         }
         manager_registry.register_collector(Box::new(process::ProcessCollector));
 
@@ -367,6 +514,69 @@ mod tests {
         assert!(manager.contains("vkube_manager_leader"));
         assert!(!manager.contains("vkube_syncer_"));
         assert!(manager.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn tenant_usage_is_published_per_tenant_and_dropped_when_no_longer_metered() {
+        // A registry of its own: the global one is shared with the other tests.
+        let usage = TenantUsage::default();
+        let mut registry = Registry::default();
+        let t = registry.sub_registry_with_prefix("vkube_manager_tenant");
+        for (name, help, family) in usage.families() {
+            t.register(name, help, family.clone());
+        }
+        let render = |r: &Registry| {
+            let mut out = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut out, r);
+            out
+        };
+        let sample = crate::manager::usage::Sample {
+            pods: 3,
+            cpu_requested_milli: 1500,
+            memory_requested_bytes: 512 * 1024 * 1024,
+            cpu_used_milli: None,
+            memory_used_bytes: Some(1000),
+            storage_bytes: 0,
+        };
+        let totals = crate::api::Usage {
+            pod_seconds: 90,
+            cpu_requested_seconds: 45.0,
+            ..Default::default()
+        };
+        usage.record("alice", &sample, &totals);
+        usage.record("bob", &sample, &totals);
+        let text = render(&registry);
+        assert!(
+            text.contains("vkube_manager_tenant_pods{tenant=\"alice\"} 3.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vkube_manager_tenant_cpu_requested_cores{tenant=\"bob\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vkube_manager_tenant_pod_seconds{tenant=\"alice\"} 90.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vkube_manager_tenant_memory_used_bytes{tenant=\"alice\"} 1000.0"),
+            "{text}"
+        );
+        // Not measured: no series, rather than a zero that reads as idle.
+        assert!(
+            !text.contains("vkube_manager_tenant_cpu_used_cores{"),
+            "{text}"
+        );
+
+        usage.retain(&["bob".to_string()].into());
+        let text = render(&registry);
+        assert!(!text.contains("tenant=\"alice\""), "{text}");
+        assert!(
+            text.contains("vkube_manager_tenant_pods{tenant=\"bob\"} 3.0"),
+            "{text}"
+        );
+        usage.retain(&Default::default());
+        assert!(!render(&registry).contains("tenant=\""));
     }
 }
 
