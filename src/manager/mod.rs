@@ -869,8 +869,22 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
                 .is_some_and(|p| serves_its_service(p, k8s_openapi::jiff::Timestamp::now()));
             if serves {
                 disarm_waker(ctx, &ns, &name, me, Some(target)).await?;
-            } else if let Some(waker) = &ctx.waker {
-                waker.release(&name, target);
+            } else {
+                if let Some(waker) = &ctx.waker {
+                    waker.release(&name, target);
+                }
+                // Not Ready yet: Ready promises that the user's endpoint (the Service) answers,
+                // and until the pod is its ready endpoint a client is refused there.
+                set_status(
+                    ctx,
+                    vc,
+                    Phase::Starting,
+                    "the tenant API answers /readyz; waiting for its Service to lead to it".into(),
+                    probe(),
+                    Some(want),
+                )
+                .await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
             }
             let was = vc.status.as_ref().and_then(|s| s.phase);
             set_status(
@@ -884,9 +898,6 @@ async fn apply(vc: &VirtualCluster, ctx: &Context) -> Result<Action, Error> {
             .await?;
             if was != Some(Phase::Ready) {
                 announce_ready(ctx, vc).await;
-            }
-            if !serves {
-                return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Ok(Action::requeue(recheck))
         }
