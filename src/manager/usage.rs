@@ -189,20 +189,22 @@ fn round3(x: f64) -> f64 {
 /// going backwards adds nothing), then the figures become the sample's.
 pub fn accumulate(old: Option<&Usage>, sample: &Sample, now: Timestamp) -> Usage {
     let now_text = now.to_string();
+    // The sample's own figures; the totals start at zero and grow below when there is an old one.
+    let fresh = Usage {
+        pods: sample.pods,
+        cpu_requested: format_cpu(sample.cpu_requested_milli),
+        memory_requested: format_bytes(sample.memory_requested_bytes),
+        cpu_used: sample.cpu_used_milli.map(format_cpu),
+        memory_used: sample.memory_used_bytes.map(format_bytes),
+        storage_claimed: format_bytes(sample.storage_bytes),
+        pod_seconds: 0,
+        cpu_requested_seconds: 0.0,
+        cpu_used_seconds: 0.0,
+        since: now_text.clone(),
+        sampled_at: now_text,
+    };
     let Some(old) = old else {
-        return Usage {
-            pods: sample.pods,
-            cpu_requested: format_cpu(sample.cpu_requested_milli),
-            memory_requested: format_bytes(sample.memory_requested_bytes),
-            cpu_used: sample.cpu_used_milli.map(format_cpu),
-            memory_used: sample.memory_used_bytes.map(format_bytes),
-            storage_claimed: format_bytes(sample.storage_bytes),
-            pod_seconds: 0,
-            cpu_requested_seconds: 0.0,
-            cpu_used_seconds: 0.0,
-            since: now_text.clone(),
-            sampled_at: now_text,
-        };
+        return fresh;
     };
     let elapsed = old
         .sampled_at
@@ -214,17 +216,10 @@ pub fn accumulate(old: Option<&Usage>, sample: &Sample, now: Timestamp) -> Usage
         .min(MAX_GAP_SECONDS);
     let cores =
         |q: Option<&str>| -> f64 { q.and_then(nanos).map(|n| n as f64 / 1e9).unwrap_or(0.0) };
-    let pod_seconds = old
-        .pod_seconds
-        .saturating_add((f64::from(old.pods) * elapsed).round() as u64);
     Usage {
-        pods: sample.pods,
-        cpu_requested: format_cpu(sample.cpu_requested_milli),
-        memory_requested: format_bytes(sample.memory_requested_bytes),
-        cpu_used: sample.cpu_used_milli.map(format_cpu),
-        memory_used: sample.memory_used_bytes.map(format_bytes),
-        storage_claimed: format_bytes(sample.storage_bytes),
-        pod_seconds,
+        pod_seconds: old
+            .pod_seconds
+            .saturating_add((f64::from(old.pods) * elapsed).round() as u64),
         cpu_requested_seconds: round3(
             sanitize(old.cpu_requested_seconds) + cores(Some(&old.cpu_requested)) * elapsed,
         ),
@@ -234,9 +229,9 @@ pub fn accumulate(old: Option<&Usage>, sample: &Sample, now: Timestamp) -> Usage
         since: if old.since.parse::<Timestamp>().is_ok() {
             old.since.clone()
         } else {
-            now_text.clone()
+            fresh.since.clone()
         },
-        sampled_at: now_text,
+        ..fresh
     }
 }
 
