@@ -29,7 +29,8 @@ mkdir -p "$VC_DIR"
 BIN="$("$HACK_DIR/build-components.sh")"
 log "building vkube (release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
-VKUBE="$ROOT/target/release/vkube"
+# Where cargo put it: CARGO_TARGET_DIR when the user sets one (as .ci/run does), else target/.
+VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
 HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --metrics-server)"
 
 if [[ -f "$VC_DIR/serve.pid" ]] && kill -0 "$(cat "$VC_DIR/serve.pid")" 2>/dev/null; then
