@@ -404,10 +404,12 @@ pub async fn run(
         not_before: spec.credentials_not_before,
     };
     let activity = crate::proxy::activity::Activity::new();
+    let pod_backlog = std::sync::Arc::new(syncer::backlog::Backlog::default());
     let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router, client_certs)
     {
         Ok(c) => ProxyConfig {
             activity: Some(activity.clone()),
+            pod_backlog: opts.syncer.is_some().then(|| pod_backlog.clone()),
             ..c
         },
         Err(e) => {
@@ -544,6 +546,7 @@ pub async fn run(
                 },
             },
             shared_stores: shared_stores.clone(),
+            pod_backlog: pod_backlog.clone(),
             custom_kinds: o.custom_kinds.clone(),
             host_kinds: o.host_kinds.clone(),
             volume_snapshots: o.volume_snapshots,
@@ -823,6 +826,7 @@ fn proxy_config(
         client_certs,
         pods: Some(pods),
         activity: None,
+        pod_backlog: None,
     })
 }
 

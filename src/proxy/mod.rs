@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     pub pods: Option<pods::PodRouter>,
     /// Where the tenant's use of its API is counted (for sleep); `None`: not counted.
     pub activity: Option<Arc<activity::Activity>>,
+    /// The syncer's pods waiting for their host pod: pod creates are paced by it
+    /// (`syncer::backlog::POD_CREATE_PACE`); `None`: not paced (no syncer).
+    pub pod_backlog: Option<Arc<crate::syncer::backlog::Backlog>>,
 }
 
 /// A readiness condition beyond the API server's own (the syncer caught up).
@@ -78,6 +81,7 @@ struct State {
     client_certs: ClientCertPolicy,
     pods: Option<pods::PodRouter>,
     activity: Option<Arc<activity::Activity>>,
+    pod_backlog: Option<Arc<crate::syncer::backlog::Backlog>>,
     ready: AtomicBool,
 }
 
@@ -122,6 +126,7 @@ impl Proxy {
                 client_certs: config.client_certs,
                 pods: config.pods,
                 activity: config.activity,
+                pod_backlog: config.pod_backlog,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -367,6 +372,12 @@ async fn route(
         ),
         _ => {
             tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
+            if let Some(backlog) = &state.pod_backlog
+                && is_pod_create(req.method(), &path)
+            {
+                let (limit, at_most) = crate::syncer::backlog::POD_CREATE_PACE;
+                backlog.below_or(limit, at_most).await;
+            }
             forward(req, Some(&identity), &state, in_flight.clone()).await
         }
     };
@@ -380,6 +391,18 @@ async fn route(
         }),
         None => resp,
     })
+}
+
+/// `POST /api/v1/namespaces/NS/pods`: a pod create (not a subresource, not another kind).
+fn is_pod_create(method: &hyper::Method, path: &str) -> bool {
+    if method != hyper::Method::POST {
+        return false;
+    }
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "api", "v1", "namespaces", ns, "pods"] if !ns.is_empty()
+    )
 }
 
 /// Buffer per direction of an upgraded stream. Port-forward and exec carry bulk data; tokio's
@@ -500,4 +523,30 @@ async fn forward(
     let (mut parts, body) = resp.into_parts();
     identity::strip_hop_by_hop(&mut parts.headers, switching);
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pod_creates_are_paced() {
+        let post = hyper::Method::POST;
+        assert!(is_pod_create(&post, "/api/v1/namespaces/default/pods"));
+        assert!(is_pod_create(&post, "/api/v1/namespaces/default/pods/"));
+        for path in [
+            "/api/v1/namespaces/default/pods/web/eviction",
+            "/api/v1/namespaces/default/pods/web/binding",
+            "/api/v1/namespaces/default/services",
+            "/api/v1/namespaces//pods",
+            "/api/v1/pods",
+            "/apis/apps/v1/namespaces/default/deployments",
+        ] {
+            assert!(!is_pod_create(&post, path), "{path}");
+        }
+        assert!(!is_pod_create(
+            &hyper::Method::GET,
+            "/api/v1/namespaces/default/pods"
+        ));
+    }
 }

@@ -157,6 +157,9 @@ pub struct SyncerConfig {
     pub network: crate::translate::networkpolicy::TenantNetwork,
     /// Where the stores are published once complete (read by the API server's egress guard).
     pub shared_stores: addresses::SharedStores,
+    /// Virtual pods waiting for their host pod; shared with the proxy, which paces pod creates
+    /// by it (`backlog::POD_CREATE_PACE`).
+    pub pod_backlog: Arc<backlog::Backlog>,
     /// Namespaced custom kinds synced down (`--sync-custom-resource`).
     pub custom_kinds: Vec<crate::translate::custom::CustomKind>,
     /// Cluster-scoped host kinds shown read-only (`--show-host-kind`).
@@ -186,6 +189,7 @@ impl SyncerConfig {
             storage_sync: StorageSync::default(),
             network: Default::default(),
             shared_stores: addresses::SharedStores::default(),
+            pod_backlog: Arc::default(),
             custom_kinds: Vec::new(),
             host_kinds: Vec::new(),
             volume_snapshots: false,
@@ -706,7 +710,7 @@ pub async fn run(
     // A pod's references re-trigger the configmaps and secrets it uses.
     // New virtual pods join the backlog the moment the watch reports them; bound ones leave
     // the pending bindings.
-    let pod_backlog = Arc::new(backlog::Backlog::default());
+    let pod_backlog = config.pod_backlog.clone();
     let bindings = Arc::new(pods::PendingBindings::default());
     let waiting_pods: Hook<Pod> = {
         let backlog = pod_backlog.clone();
