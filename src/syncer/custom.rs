@@ -473,7 +473,7 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
     let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
     let main_rx = main_rx.inspect(move |o| {
         if let Ok(o) = o {
-            q1.add(&object_key(o));
+            q1.add(&super::key_of(&o.metadata));
         }
     });
     let requeue_rx = requeue_rx.inspect(move |r| {
@@ -484,7 +484,7 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
         ))
     });
     let timed = move |obj: Arc<DynamicObject>, k: Arc<KindContext>| {
-        q3.remove(&object_key(&obj));
+        q3.remove(&super::key_of(&obj.metadata));
         let name = k.metrics_name;
         crate::metrics::timed_reconcile(name, reconcile(obj, k))
     };
@@ -494,14 +494,6 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
         .run(timed, error_policy, kctx)
         .for_each(|_| futures::future::ready(()))
         .await;
-}
-
-fn object_key(o: &DynamicObject) -> String {
-    format!(
-        "{}/{}",
-        o.metadata.namespace.as_deref().unwrap_or(""),
-        o.metadata.name.as_deref().unwrap_or("")
-    )
 }
 
 fn error_policy(obj: Arc<DynamicObject>, error: &SyncError, k: Arc<KindContext>) -> Action {
