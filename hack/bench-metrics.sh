@@ -18,9 +18,10 @@ METRICS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 bench_start metrics $(( PODS / 100 + 3 )) env "VKUBE_METRICS_BIND_ADDRESS=127.0.0.1:$METRICS_PORT"
 KUBECTL="$BIN/kubectl --kubeconfig $WORK/kubeconfig"
 
-# One scrape a second until killed; counts scrapes and bytes in $1.
+# One scrape a second until killed; counts scrapes and bytes in $1. `exec`, so that the pid of
+# the background job is the scraper's own and killing it stops the scraping.
 scraper() {
-  python3 - "$METRICS_PORT" "$1" <<'PY'
+  exec python3 - "$METRICS_PORT" "$1" <<'PY'
 import sys, time, urllib.request
 port, out = sys.argv[1], sys.argv[2]
 n = size = 0
