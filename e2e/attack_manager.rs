@@ -94,8 +94,8 @@ fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-fn values() -> String {
-    format!(
+fn values(extra: &str) -> String {
+    let base = format!(
         r#"
 developers: {{groups: ["system:serviceaccounts:{DEVS_NS}"]}}
 policy:
@@ -106,14 +106,20 @@ policy:
     count/secrets: "{QUOTA_SECRETS}"
     services.nodeports: "0"
 "#
-    )
+    );
+    base + extra
 }
 
 /// Renders the chart with helm and applies it as the admin (the CRD too), except the manager's
 /// Deployment; returns the policy file the Deployment would mount.
 pub(crate) fn install_chart(dir: &Path) -> PathBuf {
+    install_chart_with(dir, "")
+}
+
+/// [`install_chart`] with more top-level values (YAML) than this file's own.
+pub(crate) fn install_chart_with(dir: &Path, extra_values: &str) -> PathBuf {
     let values_file = dir.join("values.yaml");
-    std::fs::write(&values_file, values()).unwrap();
+    std::fs::write(&values_file, values(extra_values)).unwrap();
     let version: serde_json::Value =
         serde_json::from_str(&kubectl_ok(&["version", "-o", "json"])).unwrap();
     let server_version = version["serverVersion"]["gitVersion"]
@@ -228,7 +234,7 @@ fn vc_version_probe() -> String {
     "apiVersion: vkube.dev/v1alpha1\nkind: VirtualCluster\nmetadata: {name: attack-probe}\nspec: {kubernetesVersion: \"0.1\"}\n".into()
 }
 
-fn vc_yaml(name: &str, owner: &str) -> String {
+pub(crate) fn vc_yaml(name: &str, owner: &str) -> String {
     format!(
         "apiVersion: vkube.dev/v1alpha1\nkind: VirtualCluster\nmetadata: {{name: \"{name}\", annotations: {{vkube.dev/owner: \"{owner}\"}}}}\nspec: {{}}\n"
     )
@@ -323,7 +329,7 @@ impl Drop for Manager {
 }
 
 /// The chart installed and a manager running; other tests of this file wait their turn.
-struct Platform {
+pub(crate) struct Platform {
     manager: Manager,
     policy: PathBuf,
     /// The waker's ports, the same across restarts (as the chart's values).
@@ -334,9 +340,14 @@ struct Platform {
 
 impl Platform {
     fn start() -> Platform {
+        Platform::start_with("")
+    }
+
+    /// With more chart values (YAML) than this file's own.
+    pub(crate) fn start_with(extra_values: &str) -> Platform {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let policy = install_chart(dir.path());
+        let policy = install_chart_with(dir.path(), extra_values);
         let waker_ports = waker_ports();
         let manager = Manager::start(dir.path(), &policy, waker_ports);
         Platform {
@@ -356,7 +367,7 @@ impl Platform {
     }
 
     /// Waits for a VirtualCluster's phase; returns its message.
-    fn wait_phase(&self, name: &str, phase: &str) -> String {
+    pub(crate) fn wait_phase(&self, name: &str, phase: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let got = jsonpath(&["get", "vc", name], "{.status.phase}|{.status.message}");
@@ -374,7 +385,7 @@ impl Platform {
         }
     }
 
-    fn wait_gone(&self, name: &str) {
+    pub(crate) fn wait_gone(&self, name: &str) {
         eventually(
             &format!("virtual cluster {name} deleted"),
             Duration::from_secs(60),
@@ -470,7 +481,7 @@ impl Dev {
 
 /// Deletes a VirtualCluster as the admin at the end, whatever happened (its finalizer too:
 /// the manager may be gone by then).
-struct Cleanup(String);
+pub(crate) struct Cleanup(pub(crate) String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -125,11 +125,17 @@ pub(crate) const WIDGET_SYNC: &str =
 
 /// A tenant syncing widgets, with the cluster-read grant (the virtual CRD comes from the host's).
 pub(crate) fn widget_tenant(prefix: &str) -> Tenant {
+    widget_tenant_with(prefix, &[])
+}
+
+/// [`widget_tenant`] with more `vkube serve` arguments.
+pub(crate) fn widget_tenant_with(prefix: &str, extra: &[&str]) -> Tenant {
     install_host_crds();
     let mut t = Tenant::new(prefix);
     grant_custom_kinds(&t);
     t.grant_cluster_read();
     t.extra_args = vec!["--sync-custom-resource".into(), WIDGET_SYNC.into()];
+    t.extra_args.extend(extra.iter().map(|a| a.to_string()));
     t.spawn();
     t.wait_ready();
     // The CRD is installed from the host's once the syncer has resolved the kind.
@@ -159,7 +165,9 @@ pub(crate) fn host_name(t: &Tenant, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_custom_resource_goes_down_with_its_secret_and_its_status_comes_back() {
-    let t = widget_tenant("crd");
+    let metrics = common::free_port();
+    let bind = format!("127.0.0.1:{metrics}");
+    let t = widget_tenant_with("crd", &["--metrics-bind-address", &bind]);
     let virt = t.client().await;
     apply(
         &t,
@@ -235,6 +243,34 @@ async fn a_custom_resource_goes_down_with_its_secret_and_its_status_comes_back()
         (h["spec"]["size"] == 5).then_some(())
     })
     .await;
+
+    // The kind's controller is measured as the typed ones are, under the admin's name for
+    // it; the tenant's own kind never shows.
+    use crate::observability::{sample, scrape};
+    let m = scrape(metrics);
+    let widget_series = |series: &str| sample(&m, &series.replace("KIND", "Widget.e2e.vkube.dev"));
+    for (series, at_least) in [
+        (
+            "vkube_syncer_objects_synced_total{kind=\"KIND\",op=\"created\"}",
+            1.0,
+        ),
+        (
+            "vkube_syncer_objects_synced_total{kind=\"KIND\",op=\"updated\"}",
+            1.0,
+        ),
+        (
+            "vkube_syncer_reconcile_duration_seconds_count{controller=\"KIND\"}",
+            3.0,
+        ),
+    ] {
+        assert!(
+            widget_series(series) >= at_least,
+            "{series}: {}\n{m}",
+            widget_series(series)
+        );
+    }
+    assert!(m.contains("vkube_syncer_queue_depth{controller=\"Widget.e2e.vkube.dev\"}"));
+    assert!(!m.contains("Gadget") && !m.contains("gadgets"), "{m}");
 
     let gadgets = host_get(&["gadgets.e2e.vkube.dev", "-n", &t.namespace]).unwrap();
     assert_eq!(

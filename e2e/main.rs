@@ -19,6 +19,7 @@ mod pod_streams;
 mod real_node;
 mod serve;
 mod syncer;
+mod tenant_metrics;
 mod top;
 mod upgrade;
 mod versions;

@@ -29,7 +29,7 @@ pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn scrape(port: u16) -> String {
+pub(crate) fn scrape(port: u16) -> String {
     match get(port, "/metrics") {
         Some((200, body)) => body,
         other => panic!("scraping :{port}/metrics: {other:?}"),
@@ -37,7 +37,7 @@ fn scrape(port: u16) -> String {
 }
 
 /// The value of one sample (`name{labels}` exactly as exposed, or a bare name); 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
@@ -480,4 +480,110 @@ fn chart_keeps_the_manager_metrics_port_to_the_admins_namespaces() {
     let json: serde_json::Value =
         serde_json::from_str(dashboard["data"]["vkube.json"].as_str().unwrap()).unwrap();
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
+}
+
+/// One DNS query over UDP: the response code and how many answers came.
+fn dns_query(
+    server: std::net::SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Option<(hickory_proto::op::ResponseCode, usize)> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    let mut q = Message::query();
+    q.metadata.id = 42;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).ok()?, qtype));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    socket.send_to(&q.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).ok()?;
+    let answer = Message::from_vec(&buf[..n]).ok()?;
+    Some((answer.metadata.response_code, answer.answers.len()))
+}
+
+/// An upstream resolver on the loopback that answers every query with an empty NOERROR (the
+/// tenant's DNS relays names outside the cluster domain to it; nothing leaves the machine).
+fn loopback_upstream() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut reply = query.clone();
+            reply.metadata.message_type = hickory_proto::op::MessageType::Response;
+            if let Ok(bytes) = reply.to_vec() {
+                let _ = socket.send_to(&bytes, from);
+            }
+        }
+    });
+    addr
+}
+
+/// The tenant's cluster DNS, queried as its pods query it: each kind of answer moves its
+/// counter, a relayed name the upstream histogram, and no queried name shows in the scrape.
+#[test]
+fn dns_metrics_move_with_queries_to_the_tenants_dns() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    let (metrics, dns) = (free_port(), free_port());
+    let upstream = loopback_upstream();
+    let bind = format!("127.0.0.1:{metrics}");
+    let up = upstream.to_string();
+    let _t = crate::attack_ingress::start_with_dns(
+        "obsdns",
+        dns,
+        &["--metrics-bind-address", &bind, "--upstream-dns", &up],
+    );
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], dns).into();
+    let before = scrape(metrics);
+    // The API Service's name answers with its address once the catalog has it.
+    wait_for(
+        "kubernetes.default.svc answered",
+        Duration::from_secs(60),
+        || match dns_query(
+            server,
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A,
+        ) {
+            Some((ResponseCode::NoError, n)) if n > 0 => None,
+            other => Some(format!("{other:?}")),
+        },
+    );
+    let secret_name = "acme-merger-db.default.svc.cluster.local.";
+    assert_eq!(
+        dns_query(server, secret_name, RecordType::A).map(|r| r.0),
+        Some(ResponseCode::NXDomain)
+    );
+    assert_eq!(
+        dns_query(server, "acme-merger.example.", RecordType::AAAA).map(|r| r.0),
+        Some(ResponseCode::NoError),
+        "relayed to the loopback upstream"
+    );
+    let after = scrape(metrics);
+    let moved = |series: &str| sample(&after, series) - sample(&before, series);
+    for (series, at_least) in [
+        ("vkube_dns_queries_total{qtype=\"A\"}", 2.0),
+        ("vkube_dns_queries_total{qtype=\"AAAA\"}", 1.0),
+        ("vkube_dns_answers_total{answer=\"addresses\"}", 1.0),
+        ("vkube_dns_answers_total{answer=\"nxdomain\"}", 1.0),
+        ("vkube_dns_answers_total{answer=\"forwarded\"}", 1.0),
+        (
+            "vkube_dns_upstream_duration_seconds_count{result=\"ok\"}",
+            1.0,
+        ),
+    ] {
+        assert!(
+            moved(series) >= at_least,
+            "{series} moved by {} (want at least {at_least})",
+            moved(series)
+        );
+    }
+    for name in ["acme-merger", "example"] {
+        assert!(!after.contains(name), "the scrape shows {name:?}");
+    }
 }

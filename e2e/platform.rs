@@ -14,6 +14,7 @@ use crate::common::{self, unique};
 
 const NAMESPACE: &str = "vkube-system";
 const STORAGE_CLASS: &str = "vkube-e2e-local";
+const TENANT_METRICS_PORT: u16 = 8090;
 const PLACEMENT: &str = r#"
     nodeSelector: {vkube.dev/node-type: real}
     tolerations: [{key: vkube.dev/real-node, operator: Exists, effect: NoSchedule}]"#;
@@ -221,6 +222,9 @@ policy:
   tenantPods:
     # The tenants' workloads run on the real node, which is tainted for everyone else.
     allowedTolerations: ["vkube.dev/real-node:NoSchedule"]
+# Each control plane serves its metrics (read below through a port-forward).
+metrics:
+  tenants: {{enabled: true, port: {TENANT_METRICS_PORT}}}
 "#
     );
     let dir = tempfile::tempdir().unwrap();
@@ -244,6 +248,38 @@ policy:
     assert!(out.status.success(), "helm install: {}", text(&out));
     let notes = String::from_utf8_lossy(&out.stdout);
     assert!(notes.contains("vkube create NAME"), "NOTES: {notes}");
+}
+
+/// One scrape of the control plane's metrics port, through `kubectl port-forward` as the admin.
+fn control_plane_metrics(ns: &str) -> String {
+    let mut pf = Command::new(bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(admin())
+        .args(["port-forward", "-n", ns, "pod/vkube-0"])
+        .arg(format!(":{TENANT_METRICS_PORT}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = common::line_reader(pf.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("kubectl port-forward did not report its local port");
+        let line = lines.recv_timeout(left).unwrap();
+        // "Forwarding from 127.0.0.1:PORT -> 8090"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            break rest.split(' ').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let scraped = crate::observability::get(port, "/metrics");
+    let _ = pf.kill();
+    let _ = pf.wait();
+    match scraped {
+        Some((200, body)) => body,
+        other => panic!("the control plane's /metrics through a port-forward: {other:?}"),
+    }
 }
 
 fn host_pods(ns: &str) -> Vec<(String, String)> {
@@ -413,6 +449,23 @@ fn a_developer_creates_uses_pauses_resumes_and_deletes_a_virtual_cluster() {
         }
     };
     running("the tenant's pod Running on the host");
+    // The control plane's own metrics (metrics.tenants.enabled), read as the admin through a
+    // port-forward to its pod (the port's NetworkPolicy admits only the admin's namespaces):
+    // one more pod inside moves the syncer's counter.
+    let created = "vkube_syncer_objects_synced_total{kind=\"Pod\",op=\"created\"}";
+    let before = crate::observability::sample(&control_plane_metrics(&ns), created);
+    assert!(before >= 1.0, "{created} = {before} after a pod was synced");
+    alice.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = crate::observability::sample(&control_plane_metrics(&ns), created);
+        if now >= before + 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{created} stayed at {now}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    alice.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
     // exec into it through the virtual cluster (served by the host pod).
     let out = alice.kubectl(
         &["exec", "deploy/web", "--", "cat", "/tmp/index.html"],

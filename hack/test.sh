@@ -39,6 +39,7 @@ step "helm lint and helm template of charts/vkube"
 # Offline, without --kube-version, with every optional object (ServiceMonitor, dashboard).
 "$BIN/helm" template vkube "$ROOT/charts/vkube" --namespace vkube-system \
   --set metrics.serviceMonitor.enabled=true --set metrics.dashboard.enabled=true \
+  --set metrics.tenants.enabled=true --set metrics.tenants.podMonitor.enabled=true \
   --set 'metrics.allowedNamespaces={monitoring}' | python3 "$HACK_DIR/check-chart-names.py"
 # The chart's CRD is the one the Rust types generate (a unit test checks the same).
 cmp -s "$ROOT/charts/vkube/crds/virtualclusters.yaml" "$ROOT/manifests/crd.yaml" \

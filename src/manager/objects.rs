@@ -48,6 +48,13 @@ pub const LISTEN_PORT: i32 = 8443;
 /// Where `vkube serve` answers the tenant pods' DNS (unprivileged; the Service maps 53 to it).
 pub const DNS_PORT: i32 = 1053;
 pub const DATA_DIR: &str = "/var/lib/vkube/data";
+/// The NetworkPolicy that lets the admin's namespaces (and nobody else) reach the control plane
+/// pod's metrics port (`policy.tenantMetrics`).
+pub const METRICS_POLICY: &str = "vkube-metrics";
+/// The control plane container's metrics port, by name (the chart's PodMonitor scrapes it).
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// The namespace label Kubernetes sets to each namespace's name (no one else can set it).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The EndpointSlice that adds the manager's waker to a sleeping cluster's API Service.
 pub const WAKER_SLICE: &str = "vkube-waker";
@@ -322,6 +329,15 @@ pub fn namespaced(
             name: policy_name,
         });
     }
+    // Always there, so turning tenant metrics off (or emptying the namespaces) closes the port
+    // again on the next reconcile.
+    out.push(Namespaced {
+        kind: Kind::NetworkPolicy,
+        name: METRICS_POLICY.into(),
+        body: json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": meta(&name, METRICS_POLICY),
+                     "spec": metrics_policy_spec(&name, policy.tenant_metrics.as_ref())}),
+    });
     out.push(Namespaced {
         kind: Kind::Service,
         name: svc.clone(),
@@ -496,6 +512,27 @@ fn limit_range(name: &str, policy: &Policy) -> Value {
            "spec": {"limits": [item]}})
 }
 
+/// Ingress to the control plane pod's metrics port from the admin's namespaces only. The
+/// control plane's base policy already isolates the pod's ingress, so this adds exactly that
+/// allowance, or nothing: no rule at all when no namespace may scrape (an empty `from` would
+/// mean every source) or metrics are off.
+fn metrics_policy_spec(name: &str, metrics: Option<&super::policy::TenantMetrics>) -> Value {
+    let rules: Vec<Value> = metrics
+        .filter(|m| !m.allowed_namespaces.is_empty())
+        .map(|m| {
+            json!({
+                "ports": [{"port": m.port, "protocol": "TCP"}],
+                "from": [{"namespaceSelector": {"matchExpressions": [{
+                    "key": NAMESPACE_NAME_LABEL, "operator": "In",
+                    "values": m.allowed_namespaces}]}}],
+            })
+        })
+        .into_iter()
+        .collect();
+    json!({"podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
+           "ingress": rules})
+}
+
 fn selector(name: &str) -> Value {
     json!({LABEL_VIRTUAL_CLUSTER: name, COMPONENT_LABEL: CONTROL_PLANE})
 }
@@ -568,6 +605,14 @@ pub fn stateful_set(
     for c in &policy.network.egress_deny_cidrs {
         args.extend(["--egress-deny-cidr".into(), c.clone()]);
     }
+    if let Some(m) = &policy.tenant_metrics {
+        // Plain HTTP without credentials: the namespace's vkube-metrics policy decides who
+        // reaches it.
+        args.extend([
+            "--metrics-bind-address".into(),
+            format!("0.0.0.0:{}", m.port),
+        ]);
+    }
     if let Some(epoch) = &resolved.credentials_not_before {
         // Changes the pod template: the control plane restarts, re-issues the admin
         // certificate and refuses the old ones (see `vkube rotate-credentials`).
@@ -602,6 +647,13 @@ pub fn stateful_set(
     };
     let mut pod_labels = labels(&name);
     pod_labels[COMPONENT_LABEL] = json!(CONTROL_PLANE);
+    let mut ports = vec![
+        json!({"name": "https", "containerPort": LISTEN_PORT, "protocol": "TCP"}),
+        json!({"name": "dns", "containerPort": DNS_PORT, "protocol": "UDP"}),
+    ];
+    if let Some(m) = &policy.tenant_metrics {
+        ports.push(json!({"name": METRICS_PORT_NAME, "containerPort": m.port, "protocol": "TCP"}));
+    }
     json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta(&name, SYNCER_NAME),
     "spec": {
         "replicas": replicas,
@@ -629,8 +681,7 @@ pub fn stateful_set(
                         {"name": "VKUBE_DATA_DIR", "value": DATA_DIR},
                         {"name": "VKUBE_LOG_FORMAT", "value": "json"},
                     ],
-                    "ports": [{"name": "https", "containerPort": LISTEN_PORT, "protocol": "TCP"},
-                              {"name": "dns", "containerPort": DNS_PORT, "protocol": "UDP"}],
+                    "ports": ports,
                     "startupProbe": probe("/livez", 2, 90),
                     "livenessProbe": probe("/livez", 10, 6),
                     "readinessProbe": probe("/readyz", 2, 3),
@@ -1255,7 +1306,10 @@ mod tests {
             .iter()
             .filter(|o| o.kind == Kind::NetworkPolicy)
             .count();
-        assert_eq!(policies, 2, "nothing else may open what the base closes");
+        assert_eq!(policies, 3, "nothing else may open what the base closes");
+        // Without tenant metrics the metrics policy allows nothing.
+        let metrics: NetworkPolicy = find(&objs, Kind::NetworkPolicy, METRICS_POLICY);
+        assert_eq!(metrics.spec.unwrap().ingress, Some(vec![]));
 
         let vc = vc("alice", Default::default());
         let mut p = policy();
@@ -1277,6 +1331,102 @@ mod tests {
         assert!(
             args.contains("--egress-deny-cidr 198.51.100.0/24"),
             "{args}"
+        );
+    }
+
+    /// The control plane serves metrics on the admin's port, and the one policy that opens it
+    /// lets in the admin's namespaces alone: never a rule without sources (which would admit
+    /// every pod, the tenant's and other tenants' included), never another port.
+    #[test]
+    fn tenant_metrics_are_served_and_open_only_to_the_admins_namespaces() {
+        use crate::manager::policy::TenantMetrics;
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let render = |metrics: Option<TenantMetrics>| {
+            let mut p = policy();
+            p.tenant_metrics = metrics;
+            let objs = build_vc(&vc("alice", Default::default()), &p);
+            let sts: StatefulSet = find(&objs, Kind::StatefulSet, SYNCER_NAME);
+            let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+            let np: NetworkPolicy = find(&objs, Kind::NetworkPolicy, METRICS_POLICY);
+            (c, serde_json::to_value(np.spec.unwrap()).unwrap())
+        };
+        let (c, spec) = render(Some(TenantMetrics {
+            port: 9090,
+            allowed_namespaces: vec!["monitoring".into(), "ops".into()],
+        }));
+        let args = c.args.unwrap().join(" ");
+        assert!(
+            args.contains("--metrics-bind-address 0.0.0.0:9090"),
+            "{args}"
+        );
+        let ports = c.ports.unwrap();
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(METRICS_PORT_NAME))
+            .expect("a named metrics port");
+        assert_eq!(port.container_port, 9090);
+        assert_eq!(spec["podSelector"]["matchLabels"], selector("alice"));
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            spec["ingress"],
+            json!([{
+                "ports": [{"port": 9090, "protocol": "TCP"}],
+                "from": [{"namespaceSelector": {"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "In",
+                    "values": ["monitoring", "ops"]}]}}],
+            }])
+        );
+
+        // Served, but no namespace named: no rule at all.
+        let (c, spec) = render(Some(TenantMetrics {
+            port: 9090,
+            allowed_namespaces: vec![],
+        }));
+        assert!(c.args.unwrap().join(" ").contains("--metrics-bind-address"));
+        assert_eq!(spec["ingress"], json!([]));
+
+        // Off: not served, no port, nothing allowed (a policy left from before is emptied).
+        let (c, spec) = render(None);
+        assert!(!c.args.unwrap().join(" ").contains("--metrics-bind-address"));
+        assert!(
+            c.ports
+                .unwrap()
+                .iter()
+                .all(|p| p.name.as_deref() != Some(METRICS_PORT_NAME))
+        );
+        assert_eq!(spec["ingress"], json!([]));
+    }
+
+    /// The chart's PodMonitor finds control planes by a label tenants cannot give their pods:
+    /// `vkube.dev/virtual-cluster` is under vkube's prefix, which the syncer renames on every
+    /// tenant pod, so the admin's Prometheus never scrapes a pod the tenant dressed up.
+    #[test]
+    fn the_pod_monitor_selects_by_a_label_no_tenant_pod_carries() {
+        let chart = include_str!("../../charts/vkube/templates/metrics.yaml");
+        let monitor = chart
+            .split("kind: PodMonitor")
+            .nth(1)
+            .expect("metrics.yaml has a PodMonitor");
+        assert!(
+            monitor.contains(&format!("key: {LABEL_VIRTUAL_CLUSTER}, operator: Exists")),
+            "{monitor}"
+        );
+        assert!(monitor.contains(&format!("port: {METRICS_PORT_NAME}")));
+        let pod_template = stateful_set(
+            &vc("alice", Default::default()),
+            &policy(),
+            &check(&vc("alice", Default::default()), &policy(), &Facts::new(0)).unwrap(),
+            "10.96.0.42",
+            true,
+        );
+        assert_eq!(
+            pod_template["spec"]["template"]["metadata"]["labels"][LABEL_VIRTUAL_CLUSTER],
+            "alice"
+        );
+        let tenant = crate::translate::Tenant::new("alice", "vkube-alice");
+        assert_ne!(
+            tenant.host_label_key(LABEL_VIRTUAL_CLUSTER),
+            LABEL_VIRTUAL_CLUSTER
         );
     }
 

@@ -95,6 +95,58 @@ pub struct Policy {
     /// When idle clusters sleep (chart value `policy.sleepAfter`).
     #[serde(default)]
     pub sleep_after: SleepAfterPolicy,
+    /// Each tenant's `vkube serve` metrics, scrapeable by the admin's namespaces (chart values
+    /// `metrics.tenants` and `metrics.allowedNamespaces`). Absent: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_metrics: Option<TenantMetrics>,
+}
+
+/// Where tenants' control planes serve their metrics, and who may scrape them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantMetrics {
+    /// The control plane pod's metrics port (`vkube serve --metrics-bind-address 0.0.0.0:PORT`).
+    pub port: u16,
+    /// Namespaces whose pods may reach that port, by name (the admin's Prometheus). Empty:
+    /// nobody (the port is still served, for `kubectl port-forward`).
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
+}
+
+impl TenantMetrics {
+    /// Ports `vkube serve` itself listens on in the pod, and the ephemeral range its loopback
+    /// children (etcd, kube-apiserver) take ports from: the metrics port may be none of them.
+    fn validate(&self) -> Result<(), PolicyError> {
+        let invalid = |why: String| PolicyError::Invalid(format!("tenantMetrics.{why}"));
+        let taken = [
+            (super::objects::LISTEN_PORT, "the API port"),
+            (super::objects::DNS_PORT, "the DNS port"),
+        ];
+        if let Some((_, what)) = taken.iter().find(|(p, _)| *p == i32::from(self.port)) {
+            return Err(invalid(format!("port: {} is {what}", self.port)));
+        }
+        if !(1024..=32767).contains(&self.port) {
+            return Err(invalid(format!(
+                "port: {} must be in 1024-32767 (unprivileged, below the ephemeral ports the control plane's own components take)",
+                self.port
+            )));
+        }
+        // Namespace names are DNS labels; anything else would never match and hide a typo.
+        let label = |ns: &str| {
+            (1..=63).contains(&ns.len())
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !ns.starts_with('-')
+                && !ns.ends_with('-')
+        };
+        if let Some(bad) = self.allowed_namespaces.iter().find(|ns| !label(ns)) {
+            return Err(invalid(format!(
+                "allowedNamespaces: {bad:?} is not a namespace name"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The admin's bounds on `spec.sleepAfter` (durations as `30m`, `2h`, `1h30m`).
@@ -471,6 +523,9 @@ impl Policy {
             }
         }
         self.sleep_after.validate()?;
+        if let Some(m) = &self.tenant_metrics {
+            m.validate()?;
+        }
         for (key, value) in &self.object_quota {
             if RESOURCE_KEYS.contains(&key.as_str()) {
                 return Err(PolicyError::Invalid(format!(
@@ -916,6 +971,41 @@ placement:
         ] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn tenant_metrics_ports_and_namespaces_are_checked() {
+        let with = |metrics: &str| {
+            let mut v: serde_yaml::Value = serde_yaml::to_value(policy()).unwrap();
+            v["tenantMetrics"] = serde_yaml::from_str(metrics).unwrap();
+            Policy::from_yaml(&serde_yaml::to_string(&v).unwrap(), "test")
+        };
+        let ok = with("{port: 8080, allowedNamespaces: [monitoring]}").unwrap();
+        assert_eq!(
+            ok.tenant_metrics,
+            Some(TenantMetrics {
+                port: 8080,
+                allowed_namespaces: vec!["monitoring".into()]
+            })
+        );
+        assert!(policy().tenant_metrics.is_none());
+        for (bad, says) in [
+            ("{port: 8443}", "the API port"),
+            ("{port: 1053}", "the DNS port"),
+            ("{port: 80}", "1024-32767"),
+            ("{port: 40000}", "1024-32767"),
+            (
+                "{port: 8080, allowedNamespaces: [Monitoring]}",
+                "not a namespace",
+            ),
+            ("{port: 8080, allowedNamespaces: ['']}", "not a namespace"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("tenantMetrics") && err.contains(says),
+                "{bad}: {err}"
+            );
         }
     }
 

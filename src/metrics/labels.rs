@@ -225,6 +225,29 @@ pub fn kube_reason(e: &kube::Error) -> &'static str {
     }
 }
 
+/// The most custom kinds that get a label value of their own; more share `custom`.
+pub const MAX_ADMIN_KINDS: usize = 32;
+
+/// The label value of a custom kind's controller: its qualified kind
+/// (`Certificate.cert-manager.io`) as the admin configured it (`--sync-custom-resource`,
+/// `--sync-volume-snapshots`), never a name from inside the tenant. Interned once per kind so
+/// values stay `&'static str`; past [`MAX_ADMIN_KINDS`] kinds they share `custom`.
+pub fn admin_kind(qualified: &str) -> &'static str {
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut kinds) = INTERNED.lock() else {
+        return "custom";
+    };
+    if let Some(k) = kinds.iter().find(|k| **k == qualified) {
+        return k;
+    }
+    if kinds.len() >= MAX_ADMIN_KINDS {
+        return "custom";
+    }
+    let k: &'static str = Box::leak(qualified.to_owned().into_boxed_str());
+    kinds.push(k);
+    k
+}
+
 /// A DNS query type as a label value.
 pub fn dns_qtype(t: hickory_proto::rr::RecordType) -> &'static str {
     use hickory_proto::rr::RecordType as T;
@@ -346,6 +369,22 @@ mod tests {
         }
         let (verb, _) = request(&Method::from_bytes(b"ACME").unwrap(), "/api/v1/pods", None);
         assert_eq!(verb, "other");
+    }
+
+    /// Each configured kind is one value, however often asked for; the number of values is
+    /// bounded whatever the configuration.
+    #[test]
+    fn admin_kinds_are_interned_and_bounded() {
+        let a = admin_kind("Widget.example.com");
+        let b = admin_kind(&String::from("Widget.example.com"));
+        assert_eq!(a, "Widget.example.com");
+        assert!(std::ptr::eq(a, b), "interned once");
+        let many: Vec<&str> = (0..MAX_ADMIN_KINDS + 5)
+            .map(|i| admin_kind(&format!("Kind{i}.bounded.example.com")))
+            .collect();
+        assert_eq!(many.last().copied(), Some("custom"));
+        let distinct: std::collections::BTreeSet<&str> = many.into_iter().collect();
+        assert!(distinct.len() <= MAX_ADMIN_KINDS + 1, "{}", distinct.len());
     }
 
     #[test]

@@ -317,6 +317,8 @@ struct KindContext {
     virt_status: bool,
     host_store: Store<DynamicObject>,
     virt_store: Store<DynamicObject>,
+    /// The controller's name in the metrics: the admin's qualified kind.
+    metrics_name: &'static str,
 }
 
 /// Runs the sync of one configured kind until the syncer stops.
@@ -456,18 +458,40 @@ pub async fn run_kind(ctx: Arc<Context>, kind: CustomKind, requeues: ReferenceRe
     tracing::info!(kind = %kind.qualified(), resource = %host_ar.plural, "syncing custom resources");
     let kctx = Arc::new(KindContext {
         ctx: ctx.clone(),
-        kind,
+        kind: kind.clone(),
         host_ar,
         virt_ar: virt_ar.clone(),
         virt_status,
         host_store,
         virt_store: virt_store.clone(),
+        // The kind comes from the admin's flags, never from the tenant.
+        metrics_name: crate::metrics::labels::admin_kind(&kind.qualified()),
     });
     tasks.spawn(collect(kctx.clone(), gc));
+    // Measured as the typed controllers are: queue depth, reconcile duration and errors.
+    let queue = Arc::new(crate::metrics::Queue::new(kctx.metrics_name));
+    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue);
+    let main_rx = main_rx.inspect(move |o| {
+        if let Ok(o) = o {
+            q1.add(&super::key_of(&o.metadata));
+        }
+    });
+    let requeue_rx = requeue_rx.inspect(move |r| {
+        q2.add(&format!(
+            "{}/{}",
+            r.namespace.as_deref().unwrap_or(""),
+            r.name
+        ))
+    });
+    let timed = move |obj: Arc<DynamicObject>, k: Arc<KindContext>| {
+        q3.remove(&super::key_of(&obj.metadata));
+        let name = k.metrics_name;
+        crate::metrics::timed_reconcile(name, reconcile(obj, k))
+    };
     Controller::for_stream_with(main_rx, virt_store, virt_ar)
         .reconcile_on(requeue_rx)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .run(reconcile, error_policy, kctx)
+        .run(timed, error_policy, kctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -530,7 +554,9 @@ async fn reconcile(obj: Arc<DynamicObject>, k: Arc<KindContext>) -> Result<Actio
             .await;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
-        Ok(_) => {}
+        Ok(Applied::Created) => crate::metrics::synced(k.metrics_name, true),
+        Ok(Applied::Updated) => crate::metrics::synced(k.metrics_name, false),
+        Ok(Applied::Unchanged) => {}
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 413 || s.code == 400 => {
             let virtual_name = format!("{ns}/{}", obj.name_any());
             ctx.event_on(

@@ -19,6 +19,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- $_ := set $p "kubernetesVersions" $versions -}}
 {{- $_ := set $p "imagePullPolicy" .Values.image.pullPolicy -}}
 {{- $_ := set $p "syncerClusterRead" .Values.syncer.clusterRead -}}
+{{- if .Values.metrics.tenants.enabled -}}
+{{- $_ := set $p "tenantMetrics" (dict "port" (int .Values.metrics.tenants.port) "allowedNamespaces" (default list .Values.metrics.allowedNamespaces)) -}}
+{{- end -}}
 {{- if not $p.controlPlane.storageClassName -}}
 {{- $_ := unset $p.controlPlane "storageClassName" -}}
 {{- end -}}
