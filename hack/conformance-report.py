@@ -89,6 +89,11 @@ def main() -> int:
     if not host:
         print("conformance-report: the focus selected no spec on the host", file=sys.stderr)
         return 2
+    if not any(v == "passed" for v in host.values()):
+        # A host that passes nothing (the suite aborted at its start) would hide every difference.
+        print(f"conformance-report: no spec passed on the host; see {args.host}/ginkgo.log",
+              file=sys.stderr)
+        return 2
     exceptions = load_exceptions(args.exceptions)
 
     def seconds(side: Path):
