@@ -96,5 +96,5 @@ cargo test --locked --test e2e -- --skip real_node:: --skip attack_network:: --s
 
 # Its own kwok host cluster and virtual cluster; fails when a spec passes on the host but not in
 # the virtual cluster and hack/conformance-exceptions.txt does not explain it (docs/conformance.md).
-step "upstream Kubernetes conformance, quick subset: host vs virtual cluster (first run builds e2e.test: ~10 min)"
+step "upstream Kubernetes conformance, quick subset: host vs virtual cluster (~8 min; the first run also builds e2e.test: ~5-10 min)"
 "$HACK_DIR/conformance.sh" --quick
