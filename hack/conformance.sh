@@ -93,7 +93,7 @@ build_e2e() {
         || { rm -f go.sum; die "resolving k8s.io/kubernetes/test/e2e@$K8S_VERSION failed"; }
     fi
     if [[ ! -x "$E2E_TEST" ]]; then
-      log "building e2e.test $K8S_VERSION (~180 MB; ~10 min on 2 cores with the go build cache warm from the components)"
+      log "building e2e.test $K8S_VERSION (~130 MB; ~5 min on 2 cores with the Go build cache warm from the components)"
       go test -c -trimpath -ldflags "-s -w" -o "$E2E_TEST.tmp" k8s.io/kubernetes/test/e2e || die "building e2e.test failed"
       mv "$E2E_TEST.tmp" "$E2E_TEST"
     fi
