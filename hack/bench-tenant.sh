@@ -2,8 +2,9 @@
 # benchmark, removed on exit. Needs HACK_DIR and ROOT.
 #
 #   bench_start KIND NODES [PREFIX...]   builds what is needed, starts the host cluster (NODES kwok
-#                                        nodes) and `PREFIX... vkube serve`; sets WORK, OUT_DIR,
-#                                        BIN, VKUBE, HOST_KUBECONFIG, SERVE_PID
+#                                        nodes, plus the flags in BENCH_HOST_FLAGS) and
+#                                        `PREFIX... vkube serve` with the flags hack/demo.sh uses;
+#                                        sets WORK, OUT_DIR, BIN, VKUBE, HOST_KUBECONFIG, SERVE_PID
 #   bench_host_pids                      pids of the host cluster's processes
 #   bench_keep_log NAME                  copies the serve log to .cache/bench/serve-NAME.log
 
@@ -26,7 +27,7 @@ bench_start() {
   BIN="$("$HACK_DIR/build-components.sh")"
   (cd "$ROOT" && cargo build --release --locked --quiet)
   VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
-  HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$nodes")"
+  HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$nodes" ${BENCH_HOST_FLAGS:-})"
   if [[ -n "${BENCH_BEFORE_SERVE:-}" ]]; then "$BENCH_BEFORE_SERVE"; fi
   local port
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

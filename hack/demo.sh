@@ -31,7 +31,8 @@ log "building vkube (release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
 # Where cargo put it: CARGO_TARGET_DIR when the user sets one (as .ci/run does), else target/.
 VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
-HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --metrics-server)"
+# fsync on, as on a real host and as every tenant etcd runs: what the demo shows is not flattered.
+HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$HOST_DIR" --metrics-server --fsync)"
 
 if [[ -f "$VC_DIR/serve.pid" ]] && kill -0 "$(cat "$VC_DIR/serve.pid")" 2>/dev/null; then
   log "virtual cluster $NAME already running"

@@ -2,7 +2,7 @@
 # A real Kubernetes host cluster on loopback: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kwok (fake nodes: scheduled pods become Running without containers).
 #
-#   hack/host-cluster.sh up   [--dir DIR] [--nodes N] [--metrics-server]
+#   hack/host-cluster.sh up   [--dir DIR] [--nodes N] [--metrics-server] [--fsync]
 #                                                       start (idempotent); prints the kubeconfig path
 #   hack/host-cluster.sh down [--dir DIR]               stop every process, leave nothing behind
 #   hack/host-cluster.sh status [--dir DIR]
@@ -11,6 +11,9 @@
 # Default DIR: $VKUBE_CACHE/host-cluster. The admin kubeconfig is DIR/kubeconfig.
 # --metrics-server: also metrics-server (the host's metrics.k8s.io API, as a process behind an
 # APIService), fed by kwok's emulation of each fake node's kubelet /metrics/resource.
+# --fsync: etcd syncs every write to disk, as a production host does (and as each tenant's etcd
+# always does). Without it the host's etcd runs with --unsafe-no-fsync: faster tests, but a
+# benchmark baseline that pays no fsync at all (hack/bench-sync.sh passes --fsync).
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
@@ -19,11 +22,13 @@ cmd="${1:-}"; shift || true
 DIR="$VKUBE_CACHE/host-cluster"
 NODES=3
 METRICS_SERVER=0
+FSYNC=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
     --nodes) NODES="$2"; shift 2 ;;
     --metrics-server) METRICS_SERVER=1; shift ;;
+    --fsync) FSYNC=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -264,11 +269,13 @@ up() {
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port); kwok_port=$(free_port)
   echo "$api_port" > "$DIR/apiserver-port"
   mkdir -p "$DIR/etcd"
-  log "starting etcd on 127.0.0.1:$etcd_port"
+  local no_fsync=(--unsafe-no-fsync)
+  (( FSYNC )) && no_fsync=()
+  log "starting etcd on 127.0.0.1:$etcd_port$( (( FSYNC )) && echo ' (fsync on)')"
   start_proc etcd "$bin/etcd" --name host --data-dir "$DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "host=http://127.0.0.1:$peer_port" --log-level warn --unsafe-no-fsync
+    --initial-cluster "host=http://127.0.0.1:$peer_port" --log-level warn "${no_fsync[@]}"
   log "starting kube-apiserver on https://127.0.0.1:$api_port"
   start_proc kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \

@@ -97,6 +97,37 @@ pub fn snapshot(scope: &Scope) -> Snapshot {
     Snapshot(out)
 }
 
+/// Whether the host's etcd and the tenant's etcd (a child of `vkube serve`) sync writes to
+/// disk: `Some(false)` when started with `--unsafe-no-fsync`, `None` when not found.
+pub fn etcd_fsync(scope: &Scope) -> (Option<bool>, Option<bool>) {
+    let (mut host, mut tenant) = (None, None);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (host, tenant);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(stat) = read_stat(pid, 100.0) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let fsync = !cmdline.contains("--unsafe-no-fsync");
+        match label(&stat.comm, pid, stat.ppid, &cmdline, scope).as_deref() {
+            Some("host etcd") => host = Some(fsync),
+            Some("virtual etcd") => tenant = Some(fsync),
+            _ => {}
+        }
+    }
+    (host, tenant)
+}
+
 /// CPU seconds spent per label between two snapshots (rounded to 10 ms), largest first.
 pub fn spent(before: &Snapshot, after: &Snapshot) -> Vec<(String, f64)> {
     let mut v: Vec<(String, f64)> = after

@@ -168,9 +168,29 @@ struct BenchSyncArgs {
     /// Creates in flight, for the baseline and the syncer phase alike.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Pods per second (paced mode, for latency); default: a burst.
+    /// Pods per second for the burst scenario (paced); default: as fast as --concurrency allows.
     #[arg(long)]
     rate: Option<f64>,
+    /// Scenarios to run, in this order whatever the order given.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "burst,used,one,steady,deployment"
+    )]
+    scenarios: Vec<vkube::bench::Scenario>,
+    /// Pods of the one-in-flight scenario.
+    #[arg(long, default_value_t = 300)]
+    one_pods: usize,
+    /// The steady scenario's rate, as a fraction of the host's burst throughput in this run.
+    #[arg(long, default_value_t = 0.5)]
+    steady_fraction: f64,
+    /// Replicas of the Deployment scenario.
+    #[arg(long, default_value_t = 100)]
+    deployment_replicas: usize,
+    /// Also write the results as a Markdown table here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
     /// Pid of `vkube serve`, to report its CPU time and peak memory.
     #[arg(long)]
     serve_pid: Option<u32>,
@@ -812,6 +832,10 @@ async fn bench_sync_command(args: BenchSyncArgs) -> anyhow::Result<()> {
         pods: args.pods,
         concurrency: args.concurrency,
         rate: args.rate,
+        scenarios: args.scenarios,
+        one_pods: args.one_pods,
+        steady_fraction: args.steady_fraction,
+        deployment_replicas: args.deployment_replicas,
         host_namespace: args
             .host
             .host_namespace
@@ -832,6 +856,10 @@ async fn bench_sync_command(args: BenchSyncArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.output {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, vkube::bench::markdown(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{json}");
     eprint!("{}", vkube::bench::table(&report));
