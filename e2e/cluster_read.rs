@@ -171,6 +171,39 @@ async fn real_nodes_mirror_their_host_node_and_follow_it() {
     );
 }
 
+/// A pod that names its node itself (`nodeName`: pinned pods, and every pod of upstream's e2e
+/// framework that picks a node) is never bound by the syncer, yet its node must appear: without
+/// it the virtual cluster lists no node (the conformance suite refuses to start) and the virtual
+/// PodGC deletes the pod as bound to a node that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_naming_its_node_shows_that_node() {
+    let t = Tenant::start_with_cluster_read("namednode", &["--allow-toleration", OWN_NODE_TAINT]);
+    let virt = t.client().await;
+    let node_name = format!("kwok-{}", t.name);
+    add_host_node(&node_name);
+    apply(
+        &t,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: named, namespace: default}}\nspec:\n  nodeName: {node_name}\n  tolerations: [{{key: {OWN_NODE_TAINT}, operator: Exists}}]\n  containers: [{{name: main, image: busybox}}]\n"
+        ),
+    );
+    let vnodes: Api<Node> = Api::all(virt.clone());
+    let pods: Api<Pod> = Api::namespaced(virt.clone(), "default");
+    eventually(
+        "the node the pod names appears, mirrored, and the pod runs",
+        LONG,
+        || async {
+            let v = vnodes.get_opt(&node_name).await.ok().flatten()?;
+            let phase = pods.get("named").await.ok()?.status?.phase;
+            (v.labels().get("type").map(String::as_str) == Some("kwok")
+                && phase.as_deref() == Some("Running"))
+            .then_some(())
+        },
+    )
+    .await;
+    host_kubectl(&["delete", "node", &node_name, "--wait=false"], None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pseudo_nodes_by_flag_hide_the_host() {
     let t = Tenant::start_with_cluster_read("pseudonode", &["--node-sync", "pseudo"]);

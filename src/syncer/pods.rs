@@ -368,6 +368,21 @@ async fn delete(
     }
 }
 
+/// The virtual node a pod running on host node `host_node` needs: that node, when the pod is
+/// about to be bound to it or names it itself. A tenant's `nodeName` (pinned pods, and upstream's
+/// e2e framework) skips the binding, and without this its node never appeared in the virtual
+/// cluster. A `nodeName` the host did not schedule to gets no node: it shows nothing of the host.
+fn virtual_node_needed<'a>(
+    host_node: Option<&'a str>,
+    virtual_node: Option<&str>,
+) -> Option<&'a str> {
+    match (host_node, virtual_node) {
+        (Some(host), None) => Some(host),
+        (Some(host), Some(named)) if host == named => Some(host),
+        _ => None,
+    }
+}
+
 /// Host → virtual: bind to the (virtual) node the host scheduled it on, then mirror status.
 async fn sync_up(
     vpod: &Pod,
@@ -380,8 +395,12 @@ async fn sync_up(
     let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
     let uid = vpod.metadata.uid.clone().unwrap_or_default();
     let mut just_bound = virtual_node.is_none() && ctx.bindings.pending(&uid);
-    if let (Some(node), None, false) = (&host_node, &virtual_node, just_bound) {
+    if !just_bound
+        && let Some(node) = virtual_node_needed(host_node.as_deref(), virtual_node.as_deref())
+    {
         nodes::ensure_virtual_node(ctx, node, host_status.host_ip.as_deref()).await?;
+    }
+    if let (Some(node), None, false) = (&host_node, &virtual_node, just_bound) {
         let binding = Binding {
             metadata: ObjectMeta {
                 name: vpod.metadata.name.clone(),
@@ -534,6 +553,33 @@ pub fn orphans(ctx: &Context) -> Vec<Arc<HostPod>> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodCondition;
+
+    #[test]
+    fn the_node_a_running_pod_needs_in_the_virtual_cluster() {
+        // (host node, the virtual pod's nodeName, the virtual node that must exist)
+        let cases = [
+            (None, None, None),
+            // Scheduled by the host, not yet bound in the virtual cluster: its node.
+            (Some("kwok-node-0"), None, Some("kwok-node-0")),
+            // The tenant named the node itself (nodeName) and the host put it there: its node too.
+            (
+                Some("kwok-node-0"),
+                Some("kwok-node-0"),
+                Some("kwok-node-0"),
+            ),
+            // Named but not (yet) scheduled on the host: nothing of the host to show.
+            (None, Some("kwok-node-0"), None),
+            // Named one node, runs on another (the virtual nodeName was changed): none shown.
+            (Some("kwok-node-1"), Some("kwok-node-0"), None),
+        ];
+        for (host, named, want) in cases {
+            assert_eq!(
+                virtual_node_needed(host, named),
+                want,
+                "host {host:?}, nodeName {named:?}"
+            );
+        }
+    }
 
     #[test]
     fn status_differs_only_on_host_reported_fields() {
