@@ -216,10 +216,13 @@ ports: [{name: pg, port: 5432}]
     .await
     .metadata
     .uid;
-    // Once its Service shows the host's cluster IP (the re-creation is over): hand-written
-    // Endpoints deleted during a re-creation are put back, as the endpoints controller's.
+    // Once its Service shows the host's cluster IP (the re-creation is over) and the guard's
+    // window has passed: hand-written Endpoints deleted within ENDPOINTS_GUARD (10 s) of a
+    // re-creation are put back once, as the endpoints controller may delete them that late
+    // (it deleted them before the put-back in most runs, which ends the guard early; when it
+    // did not, a delete 2 s after the re-creation was put back and this test failed).
     same_cluster_ip(&virt, &host, &t, "ext").await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
     Api::<Endpoints>::namespaced(virt.clone(), "default")
         .delete("ext", &DeleteParams::default())
         .await
