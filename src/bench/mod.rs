@@ -497,6 +497,55 @@ async fn clean_syncer(virt: &kube::Client, host: &kube::Client, bench: &SyncBenc
     .await;
 }
 
+/// Creates `n` pods through `api` while `watches` record them into `marks`, and measures the
+/// phase: CPU per component, and the requests of the host's API server (and of the virtual
+/// one, when given).
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    api: &Api<Pod>,
+    labels: Option<(&str, &str)>,
+    bench: &SyncBench,
+    names: &[String],
+    concurrency: usize,
+    rate: Option<f64>,
+    marks: SharedMarks,
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    host: &kube::Client,
+    virt: Option<&kube::Client>,
+    api_error: fn(kube::Error) -> BenchError,
+) -> Result<Phase, BenchError> {
+    let n = names.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let scope = scope(bench);
+    let scrape_virt = || async {
+        match virt {
+            Some(v) => apicount::scrape(v).await,
+            None => None,
+        }
+    };
+    let (host_before, virt_before) = (apicount::scrape(host).await, scrape_virt().await);
+    let cpu_before = procs::snapshot(&scope);
+    let done = match create_all(api, names, labels, concurrency, rate, &marks).await {
+        Ok(()) => wait_done(&marks, n, bench.timeout).await,
+        Err(e) => Err(api_error(e)),
+    };
+    let cpu_after = procs::snapshot(&scope);
+    let (host_after, virt_after) = (apicount::scrape(host).await, scrape_virt().await);
+    for w in watches {
+        w.abort();
+    }
+    done?;
+    let mut result = phase(&marks, n);
+    result.cpu_seconds = cpu_between(&cpu_before, &cpu_after);
+    if let (Some(b), Some(a)) = (host_before, host_after) {
+        result.host_api_per_pod = apicount::per_pod(&b, &a, n);
+    }
+    if let (Some(b), Some(a)) = (virt_before, virt_after) {
+        result.virtual_api_per_pod = apicount::per_pod(&b, &a, n);
+    }
+    Ok(result)
+}
+
 /// Pods created directly on the host.
 async fn baseline_phase(
     host: &kube::Client,
@@ -520,33 +569,21 @@ async fn baseline_phase(
         Side::Host,
         Record::SeenAndRunning,
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let scope = scope(bench);
-    let api_before = apicount::scrape(host).await;
-    let cpu_before = procs::snapshot(&scope);
-    let created = create_all(
+    let labels = Some((BASELINE_LABEL, "baseline"));
+    measure(
         &api,
+        labels,
+        bench,
         &names(s, n),
-        Some((BASELINE_LABEL, "baseline")),
         concurrency,
         rate,
-        &marks,
+        marks,
+        vec![watch],
+        host,
+        None,
+        BenchError::Host,
     )
-    .await;
-    let done = match created {
-        Ok(()) => wait_done(&marks, n, bench.timeout).await,
-        Err(e) => Err(BenchError::Host(e)),
-    };
-    let cpu_after = procs::snapshot(&scope);
-    let api_after = apicount::scrape(host).await;
-    watch.abort();
-    done?;
-    let mut result = phase(&marks, n);
-    result.cpu_seconds = cpu_between(&cpu_before, &cpu_after);
-    if let (Some(b), Some(a)) = (api_before, api_after) {
-        result.host_api_per_pod = apicount::per_pod(&b, &a, n);
-    }
-    Ok(result)
+    .await
 }
 
 /// Pods created in the virtual cluster, watched there and on the host.
@@ -581,29 +618,20 @@ async fn syncer_phase(
         Side::Virtual,
         Record::SeenAndRunning,
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let scope = scope(bench);
-    let (host_before, virt_before) = (apicount::scrape(host).await, apicount::scrape(virt).await);
-    let cpu_before = procs::snapshot(&scope);
-    let created = create_all(&vpods, &names(s, n), None, concurrency, rate, &marks).await;
-    let done = match created {
-        Ok(()) => wait_done(&marks, n, bench.timeout).await,
-        Err(e) => Err(BenchError::Virtual(e)),
-    };
-    let cpu_after = procs::snapshot(&scope);
-    let (host_after, virt_after) = (apicount::scrape(host).await, apicount::scrape(virt).await);
-    host_watch.abort();
-    virt_watch.abort();
-    done?;
-    let mut result = phase(&marks, n);
-    result.cpu_seconds = cpu_between(&cpu_before, &cpu_after);
-    if let (Some(b), Some(a)) = (host_before, host_after) {
-        result.host_api_per_pod = apicount::per_pod(&b, &a, n);
-    }
-    if let (Some(b), Some(a)) = (virt_before, virt_after) {
-        result.virtual_api_per_pod = apicount::per_pod(&b, &a, n);
-    }
-    Ok(result)
+    measure(
+        &vpods,
+        None,
+        bench,
+        &names(s, n),
+        concurrency,
+        rate,
+        marks,
+        vec![host_watch, virt_watch],
+        host,
+        Some(virt),
+        BenchError::Virtual,
+    )
+    .await
 }
 
 fn deployment(replicas: usize) -> Deployment {

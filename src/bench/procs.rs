@@ -66,33 +66,33 @@ pub fn label(comm: &str, pid: u32, ppid: u32, cmdline: &str, scope: &Scope) -> O
     }
 }
 
-/// CPU seconds so far of every process in `scope`, summed per label.
-pub fn snapshot(scope: &Scope) -> Snapshot {
+/// Every process in `scope` with its label, stat and command line.
+fn labelled_processes(scope: &Scope) -> Vec<(String, ProcStat, String)> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Snapshot(out);
+        return Vec::new();
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(stat) = read_stat(pid, ticks) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        if let Some(l) = label(&stat.comm, pid, stat.ppid, &cmdline, scope) {
-            *out.entry(l).or_insert(0.0) += stat.cpu_seconds;
-        }
+    dir.flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = read_stat(pid, ticks)?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            let l = label(&stat.comm, pid, stat.ppid, &cmdline, scope)?;
+            Some((l, stat, cmdline))
+        })
+        .collect()
+}
+
+/// CPU seconds so far of every process in `scope`, summed per label.
+pub fn snapshot(scope: &Scope) -> Snapshot {
+    let mut out = BTreeMap::new();
+    for (l, stat, _) in labelled_processes(scope) {
+        *out.entry(l).or_insert(0.0) += stat.cpu_seconds;
     }
     Snapshot(out)
 }
@@ -101,27 +101,11 @@ pub fn snapshot(scope: &Scope) -> Snapshot {
 /// disk: `Some(false)` when started with `--unsafe-no-fsync`, `None` when not found.
 pub fn etcd_fsync(scope: &Scope) -> (Option<bool>, Option<bool>) {
     let (mut host, mut tenant) = (None, None);
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (host, tenant);
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(stat) = read_stat(pid, 100.0) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        let fsync = !cmdline.contains("--unsafe-no-fsync");
-        match label(&stat.comm, pid, stat.ppid, &cmdline, scope).as_deref() {
-            Some("host etcd") => host = Some(fsync),
-            Some("virtual etcd") => tenant = Some(fsync),
+    for (l, _, cmdline) in labelled_processes(scope) {
+        let fsync = Some(!cmdline.contains("--unsafe-no-fsync"));
+        match l.as_str() {
+            "host etcd" => host = fsync,
+            "virtual etcd" => tenant = fsync,
             _ => {}
         }
     }
