@@ -80,20 +80,6 @@ fn jsonpath(args: &[&str], path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn values(extra: &str) -> String {
     let base = format!(
         r#"
@@ -176,7 +162,7 @@ pub(crate) fn install_chart_with(dir: &Path, extra_values: &str) -> PathBuf {
         "vkube-manager",
         "--replicas=0",
     ]);
-    eventually(
+    common::eventually_blocking(
         "no manager pod of an earlier helm install",
         Duration::from_secs(60),
         || {
@@ -386,7 +372,7 @@ impl Platform {
     }
 
     pub(crate) fn wait_gone(&self, name: &str) {
-        eventually(
+        common::eventually_blocking(
             &format!("virtual cluster {name} deleted"),
             Duration::from_secs(60),
             || (!exists(&["get", "vc", name])).then_some(()),
@@ -593,7 +579,7 @@ impl AdmissionOff {
             "vkube-virtualclusters",
         ]);
         // Loaded into the API server's admission a moment later.
-        eventually(
+        common::eventually_blocking(
             "the VirtualCluster admission to be off",
             Duration::from_secs(30),
             || {
@@ -1064,9 +1050,10 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     // The manager restarts while the cluster sleeps: it listens on the slice's port again.
     platform.restart_manager();
     let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let scan = eventually("the new manager's waker", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(at).ok()
-    });
+    let scan =
+        common::eventually_blocking("the new manager's waker", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(at).ok()
+        });
     assert_eq!(waker_port(), slice, "the same port, from the slice itself");
     // A port scan (connect, close) and a plain-text client wake nothing.
     drop(scan);
@@ -1092,7 +1079,7 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     // answered) and wakes the cluster.
     let mut held = std::net::TcpStream::connect(at).unwrap();
     held.write_all(&[0x16, 0x03, 0x01]).unwrap();
-    eventually("woken by the held request", Duration::from_secs(30), || {
+    common::eventually_blocking("woken by the held request", Duration::from_secs(30), || {
         (jsonpath(
             &["get", "statefulset", "vkube", "-n", &ns],
             "{.spec.replicas}",
@@ -1113,14 +1100,14 @@ fn a_sleeping_cluster_leads_to_the_waker_and_a_paused_one_to_nothing() {
     // the new one listens on the same port, holds what arrives, and the wake goes on.
     drop(held);
     platform.restart_manager();
-    let mut held = eventually(
+    let mut held = common::eventually_blocking(
         "the waker after a restart mid-wake",
         Duration::from_secs(60),
         || std::net::TcpStream::connect(at).ok(),
     );
     held.write_all(&[0x16, 0x03, 0x01]).unwrap();
     assert_eq!(waker_port(), slice, "the same port mid-wake");
-    eventually(
+    common::eventually_blocking(
         "the held request counted again",
         Duration::from_secs(30),
         || {
@@ -1339,12 +1326,12 @@ fn a_cluster_re_created_under_the_same_name_inherits_nothing() {
     );
     platform.wait_gone(&name);
     // The garbage collector takes the old grant away (owner reference with the old UID).
-    eventually(
+    common::eventually_blocking(
         "the old owner's grant to go",
         Duration::from_secs(30),
         || (!mallory.can_i(&["get", &format!("virtualclusters.vkube.dev/{name}")])).then_some(()),
     );
-    eventually(
+    common::eventually_blocking(
         "the old namespace to be terminating",
         Duration::from_secs(60),
         || {
@@ -1440,7 +1427,7 @@ fn a_credential_rotation_reaches_the_control_plane() {
         "{.metadata.annotations.vkube\\.dev/credentials-not-before}",
     );
     assert!(epoch.ends_with('Z') && epoch.len() == 20, "{epoch}");
-    eventually(
+    common::eventually_blocking(
         "the control plane to get the epoch",
         Duration::from_secs(30),
         || {
@@ -1544,7 +1531,7 @@ async fn a_revoked_admin_certificate_is_refused_and_the_new_one_works() {
 
     // RBAC decides: without the binding the admin has no rights, and vkube puts it back.
     t.kubectl_ok(&["delete", "clusterrolebinding", "vkube:admins"]);
-    eventually(
+    common::eventually_blocking(
         "the admin binding to come back",
         Duration::from_secs(30),
         || {
@@ -1688,7 +1675,7 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
     );
     assert!(out.status.success(), "claim: {}", text(&out));
 
-    eventually("m's requests metered", Duration::from_secs(60), || {
+    common::eventually_blocking("m's requests metered", Duration::from_secs(60), || {
         (usage_field(&m, "pods") == "2"
             && usage_field(&m, "cpuRequested") == "200m"
             && usage_field(&m, "memoryRequested") == "128Mi"
@@ -1697,7 +1684,7 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
     });
     // metrics-server needs two scrapes of each pod (15 s apart); until then m's pods have no
     // numbers and count as 0.
-    eventually(
+    common::eventually_blocking(
         "m's measured CPU: its two pods' 100m",
         Duration::from_secs(120),
         || {
@@ -1708,11 +1695,11 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
             (80..=120).contains(&used).then_some(())
         },
     );
-    eventually("b's requests metered", Duration::from_secs(60), || {
+    common::eventually_blocking("b's requests metered", Duration::from_secs(60), || {
         (usage_field(&b, "pods") == "1" && usage_field(&b, "cpuRequested") == "250m").then_some(())
     });
     // The same figures as metrics labelled by tenant, for the admin's scraper.
-    eventually(
+    common::eventually_blocking(
         "usage on the manager's /metrics",
         Duration::from_secs(30),
         || {
@@ -1731,7 +1718,7 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
     // Totals grow with time.
     let first: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
     let since = usage_field(&m, "since");
-    eventually("pod-seconds growing", Duration::from_secs(30), || {
+    common::eventually_blocking("pod-seconds growing", Duration::from_secs(30), || {
         let now: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
         (now >= first + 4).then_some(())
     });
@@ -1763,7 +1750,7 @@ fn usage_is_metered_from_host_objects_and_each_owner_sees_only_their_own() {
     // A manager restart keeps the totals (they live in the status).
     let before: u64 = usage_field(&m, "podSeconds").parse().unwrap_or(0);
     platform.restart_manager();
-    eventually(
+    common::eventually_blocking(
         "pod-seconds growing after a restart",
         Duration::from_secs(60),
         || {

@@ -408,26 +408,7 @@ fn manager_healthz_fails_while_its_controller_is_stuck() {
 /// port from anywhere, and the optional objects appear only when enabled.
 #[test]
 fn chart_keeps_the_manager_metrics_port_to_the_admins_namespaces() {
-    let render = |sets: &[&str]| -> Vec<serde_json::Value> {
-        let mut cmd = Command::new(common::env().bin_dir.join("helm"));
-        cmd.args(["template", "vkube"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vkube"))
-            .args(["--namespace", "vkube-system"]);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        serde_yaml::Deserializer::from_str(&text)
-            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-            .filter(|v: &serde_json::Value| !v.is_null())
-            .collect()
-    };
+    let render = common::helm_template;
     let find = |docs: &[serde_json::Value], kind: &str, name: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)

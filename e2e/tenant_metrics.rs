@@ -30,20 +30,6 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_str(&common::kubectl_ok(&admin(), &all)).unwrap()
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn labels_of(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
         .into_iter()
@@ -194,7 +180,7 @@ fn a_tenants_metrics_port_is_open_to_the_admins_namespaces_alone() {
     let (ns_a, ns_b) = (format!("vkube-{alice}"), format!("vkube-{bob}"));
     // The manager wrote the control plane (its pod template: what the pod will carry) and the
     // policy, through the chart's RBAC and guard.
-    let sts = wait_for(
+    let sts = common::eventually_blocking(
         "the control plane StatefulSet",
         Duration::from_secs(90),
         || {
@@ -239,13 +225,13 @@ fn a_tenants_metrics_port_is_open_to_the_admins_namespaces_alone() {
             .cloned()
             .unwrap_or_default()
     };
-    wait_for("the metrics policy", Duration::from_secs(60), || {
+    common::eventually_blocking("the metrics policy", Duration::from_secs(60), || {
         policies_of(&ns_a)
             .iter()
             .any(|p| p["metadata"]["name"] == "vkube-metrics")
             .then_some(())
     });
-    wait_for(
+    common::eventually_blocking(
         "the other tenant's policies",
         Duration::from_secs(60),
         || {
@@ -341,7 +327,7 @@ fn a_tenants_metrics_port_is_open_to_the_admins_namespaces_alone() {
     }
 
     // The PodMonitor's selector finds exactly the control plane pods.
-    let rendered = helm_template(&[
+    let rendered = common::helm_template(&[
         "metrics.tenants.enabled=true",
         "metrics.tenants.podMonitor.enabled=true",
     ]);
@@ -368,26 +354,6 @@ fn a_tenants_metrics_port_is_open_to_the_admins_namespaces_alone() {
     }
     platform.wait_gone(&alice);
     platform.wait_gone(&bob);
-}
-
-fn helm_template(sets: &[&str]) -> Vec<Value> {
-    let mut cmd = std::process::Command::new(common::env().bin_dir.join("helm"));
-    cmd.args(["template", "vkube"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vkube"))
-        .args(["--namespace", "vkube-system"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
 }
 
 /// Real packets on the real node: a stand-in with the control plane pod's labels serves both
@@ -497,7 +463,7 @@ fn a_tenant_pod_dressed_as_a_control_plane_is_not_scraped() {
     let out = common::kubectl(&t.kubeconfig, &["apply", "-f", "-"], Some(&pod));
     assert!(out.status.success(), "{out:?}");
     let host_name = format!("fake-cp-x-default-x-{}", t.name);
-    let host = wait_for("the host copy", Duration::from_secs(60), || {
+    let host = common::eventually_blocking("the host copy", Duration::from_secs(60), || {
         let out = common::kubectl(
             &admin(),
             &["get", "pod", &host_name, "-n", &t.namespace, "-o", "json"],
@@ -519,7 +485,7 @@ fn a_tenant_pod_dressed_as_a_control_plane_is_not_scraped() {
         !labels.contains_key("vkube.dev/virtual-cluster"),
         "{labels:?}"
     );
-    let rendered = helm_template(&[
+    let rendered = common::helm_template(&[
         "metrics.tenants.enabled=true",
         "metrics.tenants.podMonitor.enabled=true",
     ]);

@@ -97,6 +97,46 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `helm template` of the repository's chart with `--set` values, as JSON documents.
+pub fn helm_template(sets: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(env().bin_dir.join("helm"));
+    cmd.args(["template", "vkube"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vkube"))
+        .args(["--namespace", "vkube-system"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// [`eventually`] for blocking checks (kubectl, helm): `f` until it gives a value, every 250 ms.
+pub fn eventually_blocking<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 pub async fn host_client() -> kube::Client {
     vkube::tls::install_crypto_provider();
     let yaml = std::fs::read_to_string(env().host_kubeconfig).unwrap();
