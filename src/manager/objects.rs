@@ -533,7 +533,8 @@ fn metrics_policy_spec(name: &str, metrics: Option<&super::policy::TenantMetrics
            "ingress": rules})
 }
 
-fn selector(name: &str) -> Value {
+/// The labels selecting the control plane pod (also the golden files' control plane).
+pub(crate) fn selector(name: &str) -> Value {
     json!({LABEL_VIRTUAL_CLUSTER: name, COMPONENT_LABEL: CONTROL_PLANE})
 }
 

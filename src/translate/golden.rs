@@ -6,16 +6,25 @@
 //! commit what the upgrade does with objects written the old way (e2e `upgrade::` writes host
 //! objects from these files and starts the current syncer on them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::api::ObjectMeta;
+use kube::api::{DynamicObject, ObjectMeta};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::custom::CustomKind;
+use super::endpoints::EndpointPolicy;
+use super::ingress::IngressPolicy;
+use super::networkpolicy::{ControlPlane, EgressPolicy, NamespaceLabels, TenantNetwork};
 use super::pod::{self, ApiEndpoint, ClusterDns, PodContext, PodPolicy};
 use super::service::ServicePolicy;
 use super::{DNS_LABEL_MAX, DNS_SUBDOMAIN_MAX, KeyPattern, MetadataPolicy, Tenant, host_name};
@@ -54,10 +63,14 @@ fn check(rel: &str, value: &impl Serialize) -> Option<String> {
     if have == want {
         return None;
     }
-    let line = have
-        .lines()
-        .zip(want.lines())
-        .position(|(h, w)| h != w)
+    // The desired hash differs whenever anything does: name the field that changed instead.
+    let differs = |hash_too: bool| {
+        have.lines()
+            .zip(want.lines())
+            .position(|(h, w)| h != w && (hash_too || !h.contains(super::DESIRED_HASH)))
+    };
+    let line = differs(false)
+        .or_else(|| differs(true))
         .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
     Some(format!(
         "{rel}: differs from line {}:\n  golden:  {}\n  now:     {}",
@@ -71,6 +84,24 @@ fn tenant() -> Tenant {
     Tenant::new(GOLDEN_TENANT, format!("vkube-{GOLDEN_TENANT}"))
 }
 
+/// The admin's settings the golden Ingresses, Endpoints, EndpointSlices and NetworkPolicies are
+/// translated under. e2e `upgrade::` runs `vkube serve` with the same flags:
+/// `--ingress-host-suffix`, `--ingress-class`, `--default-ingress-class`, `--allow-annotation`,
+/// `--endpoint-allow-cidr`, `--egress-allow-cidr`.
+const INGRESS_HOST_SUFFIX: &str = "{name}.apps.example.com";
+const INGRESS_CLASS: &str = "nginx";
+const INGRESS_ANNOTATIONS: &str = "nginx.ingress.kubernetes.io/*";
+const ALLOWED_PRIVATE_RANGE: &str = "192.168.50.0/24";
+/// `vkube serve`'s default `--service-cidr`, which it closes to tenant pods.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// An IP of one of the tenant's host pods (endpoints may always lead there).
+const OWN_POD_IP: &str = "10.244.1.7";
+/// The custom kind of `customresources/` as the admin configures it (`--sync-custom-resource`);
+/// VolumeSnapshots are synced as `--sync-volume-snapshots` configures them.
+const CUSTOM_KIND: &str = "e2e.vkube.dev/v1/Widget:spec.secretRef.name=Secret,spec.backend=Service,\
+spec.configs[].name=ConfigMap,spec.claim=PersistentVolumeClaim,spec.gadget=Gadget.e2e.vkube.dev,\
+spec.selector=Selector,spec.nodeName=-";
+
 /// The label and annotation keys the admin widened, as `--allow-label`/`--allow-annotation`.
 fn widened_tenant() -> Tenant {
     let parse = |keys: &[&str]| -> Vec<KeyPattern> {
@@ -83,6 +114,80 @@ fn widened_tenant() -> Tenant {
         )),
         ..tenant()
     }
+}
+
+/// The tenant Ingresses are published for: controller annotations let through as the admin of
+/// an ingress-nginx host does (`--allow-annotation nginx.ingress.kubernetes.io/*`).
+fn ingress_tenant() -> Tenant {
+    Tenant {
+        metadata: Arc::new(MetadataPolicy::widened(
+            Vec::new(),
+            vec![INGRESS_ANNOTATIONS.parse().expect("pattern")],
+        )),
+        ..tenant()
+    }
+}
+
+fn ingress_policy() -> IngressPolicy {
+    IngressPolicy {
+        allowed_classes: vec![INGRESS_CLASS.into()],
+        default_class: Some(INGRESS_CLASS.into()),
+        host_suffix: Some(
+            super::ingress::host_suffix_for(INGRESS_HOST_SUFFIX, GOLDEN_TENANT).expect("suffix"),
+        ),
+    }
+}
+
+fn endpoint_policy() -> EndpointPolicy {
+    EndpointPolicy {
+        allowed: vec![ALLOWED_PRIVATE_RANGE.parse().expect("cidr")],
+    }
+}
+
+fn own_pod_ips() -> HashSet<String> {
+    HashSet::from([OWN_POD_IP.to_string()])
+}
+
+/// The control plane as the manager runs it (its StatefulSet's pods in the host namespace).
+fn control_plane() -> ControlPlane {
+    ControlPlane::Pod {
+        selector: serde_json::from_value(crate::manager::objects::selector(GOLDEN_TENANT))
+            .expect("selector"),
+        api_port: crate::manager::objects::LISTEN_PORT,
+        dns_port: Some(crate::manager::objects::DNS_PORT),
+    }
+}
+
+fn network() -> TenantNetwork {
+    TenantNetwork {
+        control_plane: vec![control_plane()],
+        egress: EgressPolicy {
+            allow: vec![ALLOWED_PRIVATE_RANGE.parse().expect("cidr")],
+            deny: vec![SERVICE_CIDR.parse().expect("cidr")],
+        },
+    }
+}
+
+/// The virtual namespaces' labels (the API server labels each with its name).
+fn namespace_labels() -> NamespaceLabels {
+    [
+        "default",
+        "kube-node-lease",
+        "kube-public",
+        "kube-system",
+        "shop",
+        "team-a",
+    ]
+    .into_iter()
+    .map(|ns| {
+        let mut labels =
+            BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
+        if ns == "team-a" {
+            labels.insert("team".into(), "a".into());
+        }
+        (ns.to_string(), labels)
+    })
+    .collect()
 }
 
 /// Names around every boundary of [`host_name`]: exactly at and one past each limit (the plain
@@ -368,6 +473,106 @@ fn stamped<K: kube::Resource + Serialize>(mut host: K) -> K {
     host
 }
 
+fn host_ingress(v: &Ingress) -> Value {
+    match super::ingress::to_host(v, &ingress_tenant(), &ingress_policy()) {
+        Ok(h) => json!({
+            "ingress": stamped(h.ingress),
+            "droppedAnnotations": h.dropped_annotations,
+            "droppedResourceBackends": h.dropped_resource_backends,
+            "referencedSecrets": super::ingress::referenced_secrets(v),
+        }),
+        Err(e) => json!({"refused": e.to_string()}),
+    }
+}
+
+fn refusals(refused: &[(String, super::endpoints::Refusal)]) -> Vec<String> {
+    refused
+        .iter()
+        .map(|(ip, why)| format!("{ip}: {why}"))
+        .collect()
+}
+
+fn host_endpoints(v: &Endpoints) -> Value {
+    let h = super::endpoints::to_host(v, &tenant(), &endpoint_policy(), &own_pod_ips());
+    json!({
+        "endpoints": stamped(h.endpoints),
+        "refused": refusals(&h.refused),
+        "usesPodIps": h.uses_pod_ips,
+    })
+}
+
+fn host_slice(v: &EndpointSlice) -> Value {
+    let Some(service) = super::endpointslice::handwritten_for(v) else {
+        return json!({"synced": false});
+    };
+    let h =
+        super::endpointslice::to_host(v, service, &tenant(), &endpoint_policy(), &own_pod_ips());
+    json!({
+        "slice": stamped(h.slice),
+        "refused": refusals(&h.refused),
+        "usesPodIps": h.uses_pod_ips,
+    })
+}
+
+fn host_network_policy(v: &NetworkPolicy) -> Value {
+    match super::networkpolicy::to_host(v, &tenant(), &namespace_labels(), &network()) {
+        Ok(h) => json!({
+            "policy": stamped(h.policy),
+            "notes": h.notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        }),
+        Err(note) => json!({"refused": note.to_string()}),
+    }
+}
+
+/// vkube's own policies in the host namespace, which have no virtual object: the base the
+/// manager keeps (by name), and the syncer's default allowances for the golden policies (their
+/// names carry the tenant and a hash of the virtual namespace).
+fn network_defaults() -> Value {
+    let policies: Vec<NetworkPolicy> = inputs("networkpolicies")
+        .iter()
+        .map(|(case, yaml)| {
+            serde_yaml::from_str(yaml)
+                .unwrap_or_else(|e| panic!("tests/golden/networkpolicies/{case}.yaml: {e}"))
+        })
+        .collect();
+    let refs: Vec<&NetworkPolicy> = policies.iter().collect();
+    let allowances = super::networkpolicy::allowances(&tenant(), &network(), &refs);
+    json!({
+        "base": super::networkpolicy::default_policies(Some(&control_plane()))
+            .into_iter()
+            .map(|(name, spec)| json!({"name": name, "spec": spec}))
+            .collect::<Vec<_>>(),
+        "allowances": allowances.policies.into_iter().map(stamped).collect::<Vec<_>>(),
+        "tooComplex": allowances
+            .too_complex
+            .iter()
+            .map(|(ns, dir)| format!("{ns} {}", dir.as_str()))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn host_custom(v: &DynamicObject) -> Value {
+    let kind = if v.types.as_ref().is_some_and(|t| {
+        t.api_version
+            .starts_with(&format!("{}/", super::custom::SNAPSHOT_GROUP))
+    }) {
+        CustomKind::volume_snapshot()
+    } else {
+        CUSTOM_KIND.parse().expect("custom kind")
+    };
+    let references = super::custom::references(v, &kind);
+    match super::custom::to_host(v, &kind, &tenant()) {
+        Ok(h) => json!({
+            "object": stamped(h.object),
+            "referencedSecrets": references.secrets,
+            "referencedConfigMaps": references.config_maps,
+        }),
+        Err(refused) => {
+            json!({"refused": refused.iter().map(|v| v.to_string()).collect::<Vec<_>>()})
+        }
+    }
+}
+
 #[test]
 fn the_mapping_matches_the_golden_files() {
     let mut diffs: Vec<String> = Vec::new();
@@ -403,6 +608,15 @@ fn the_mapping_matches_the_golden_files() {
             }
         },
     ));
+    diffs.extend(host_objects("ingresses", host_ingress));
+    diffs.extend(host_objects("endpoints", host_endpoints));
+    diffs.extend(host_objects("endpointslices", host_slice));
+    diffs.extend(host_objects("networkpolicies", host_network_policy));
+    diffs.extend(check("network-defaults.json", &network_defaults()));
+    diffs.extend(host_objects("pdbs", |v: &PodDisruptionBudget| {
+        stamped(super::pdb::to_host(v, &tenant()))
+    }));
+    diffs.extend(host_objects("customresources", host_custom));
     assert!(
         diffs.is_empty(),
         "the mapping of virtual to host objects changed. Host objects written by the last \
