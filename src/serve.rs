@@ -115,6 +115,9 @@ pub struct ServeOptions {
 #[derive(Debug, Clone)]
 pub struct SyncerOptions {
     pub concurrency: u16,
+    /// Pod creates through the proxy wait while this many pods wait for their host pod
+    /// (`syncer::backlog::PodCreatePace`); 0: not paced.
+    pub pod_create_pace: usize,
     pub sync_all_config_maps: bool,
     pub sync_all_secrets: bool,
     pub service_policy: ServicePolicy,
@@ -409,7 +412,14 @@ pub async fn run(
     {
         Ok(c) => ProxyConfig {
             activity: Some(activity.clone()),
-            pod_backlog: opts.syncer.is_some().then(|| pod_backlog.clone()),
+            pod_pace: opts
+                .syncer
+                .as_ref()
+                .filter(|s| s.pod_create_pace > 0)
+                .map(|s| syncer::backlog::PodCreatePace {
+                    backlog: pod_backlog.clone(),
+                    limit: s.pod_create_pace,
+                }),
             ..c
         },
         Err(e) => {
@@ -826,7 +836,7 @@ fn proxy_config(
         client_certs,
         pods: Some(pods),
         activity: None,
-        pod_backlog: None,
+        pod_pace: None,
     })
 }
 

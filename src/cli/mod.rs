@@ -300,6 +300,11 @@ struct ServeArgs {
     /// Reconciles in flight per synced kind (host writes are bounded by this, not rate-limited).
     #[arg(long, env = "VKUBE_SYNC_CONCURRENCY", default_value_t = 32)]
     sync_concurrency: u16,
+    /// Hold a pod create while this many pods wait for their host pod (at most 2 s), so creates
+    /// go at the pace the host takes them and a new pod reaches the host within this queue;
+    /// 0: never hold.
+    #[arg(long, env = "VKUBE_POD_CREATE_PACE", default_value_t = vkube::syncer::backlog::DEFAULT_POD_CREATE_PACE)]
+    pod_create_pace: usize,
     /// Copy every ConfigMap to the host, not only those pods reference.
     #[arg(long)]
     sync_all_configmaps: bool,
@@ -662,6 +667,7 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         credentials_not_before: args.credentials_not_before,
         syncer: (!args.no_sync).then_some(serve::SyncerOptions {
             concurrency: args.sync_concurrency.max(1),
+            pod_create_pace: args.pod_create_pace,
             sync_all_config_maps: args.sync_all_configmaps,
             sync_all_secrets: args.sync_all_secrets,
             service_policy: vkube::translate::service::ServicePolicy {

@@ -65,9 +65,9 @@ pub struct ProxyConfig {
     pub pods: Option<pods::PodRouter>,
     /// Where the tenant's use of its API is counted (for sleep); `None`: not counted.
     pub activity: Option<Arc<activity::Activity>>,
-    /// The syncer's pods waiting for their host pod: pod creates are paced by it
-    /// (`syncer::backlog::POD_CREATE_PACE`); `None`: not paced (no syncer).
-    pub pod_backlog: Option<Arc<crate::syncer::backlog::Backlog>>,
+    /// Pod creates wait while the syncer's queue of pods waiting for their host pod is full
+    /// (`syncer::backlog::PodCreatePace`); `None`: not paced (no syncer, or turned off).
+    pub pod_pace: Option<crate::syncer::backlog::PodCreatePace>,
 }
 
 /// A readiness condition beyond the API server's own (the syncer caught up).
@@ -81,7 +81,7 @@ struct State {
     client_certs: ClientCertPolicy,
     pods: Option<pods::PodRouter>,
     activity: Option<Arc<activity::Activity>>,
-    pod_backlog: Option<Arc<crate::syncer::backlog::Backlog>>,
+    pod_pace: Option<crate::syncer::backlog::PodCreatePace>,
     ready: AtomicBool,
 }
 
@@ -126,7 +126,7 @@ impl Proxy {
                 client_certs: config.client_certs,
                 pods: config.pods,
                 activity: config.activity,
-                pod_backlog: config.pod_backlog,
+                pod_pace: config.pod_pace,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -372,11 +372,10 @@ async fn route(
         ),
         _ => {
             tracing::trace!(user = %identity.user, method = %req.method(), %path, "forwarding");
-            if let Some(backlog) = &state.pod_backlog
+            if let Some(pace) = &state.pod_pace
                 && is_pod_create(req.method(), &path)
             {
-                let (limit, at_most) = crate::syncer::backlog::POD_CREATE_PACE;
-                backlog.below_or(limit, at_most).await;
+                pace.wait().await;
             }
             forward(req, Some(&identity), &state, in_flight.clone()).await
         }

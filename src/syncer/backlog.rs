@@ -4,20 +4,37 @@
 //! a pod that does not exist on the host yet is the one thing a tenant cannot work around.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How the proxy paces pod creates: a create through the proxy waits while this many pods
-/// already wait for their host pod, for at most this long. Without it a client's creates return
+/// How the proxy paces pod creates: a create through the proxy waits while `limit` pods already
+/// wait for their host pod, for at most [`PACE_AT_MOST`]. Without it a client's creates return
 /// as fast as the virtual API server takes them while the host takes them at its own pace, and
 /// the difference piles up in the syncer's queue: measured (`vkube bench sync`, 5,000 pods, 16
 /// in flight) create → host pod p50 14 s, p99 31 s at the host's own throughput. Paced, a create
 /// returns when the host can take it, as on a busy real cluster, and a pod reaches the host
-/// within a queue of this length. The bound keeps a stuck syncer from stopping creates.
-pub const POD_CREATE_PACE: (usize, Duration) = (16, Duration::from_secs(2));
+/// within a queue of this length (`vkube serve --pod-create-pace`).
+#[derive(Debug, Clone)]
+pub struct PodCreatePace {
+    pub backlog: Arc<Backlog>,
+    pub limit: usize,
+}
+
+/// The default queue length (`--pod-create-pace`).
+pub const DEFAULT_POD_CREATE_PACE: usize = 16;
+
+/// The bound keeps a stuck syncer from stopping creates.
+pub const PACE_AT_MOST: Duration = Duration::from_secs(2);
+
+impl PodCreatePace {
+    /// Returns when the create may go on.
+    pub async fn wait(&self) {
+        self.backlog.below_or(self.limit, PACE_AT_MOST).await;
+    }
+}
 
 /// The set of (namespace, name) of virtual pods whose host pod is not created yet.
 #[derive(Default, Debug)]
@@ -71,7 +88,7 @@ impl Backlog {
     }
 
     /// Returns once fewer than `limit` pods wait, or after `at_most`: how the proxy paces a
-    /// tenant's pod creates to what the syncer gets onto the host (see [`POD_CREATE_PACE`]).
+    /// tenant's pod creates to what the syncer gets onto the host (see [`PodCreatePace`]).
     pub async fn below_or(&self, limit: usize, at_most: Duration) {
         let deadline = Instant::now() + at_most;
         loop {
@@ -104,7 +121,6 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_paced_create_goes_on_when_the_backlog_shrinks_below_the_limit() {

@@ -158,7 +158,7 @@ pub struct SyncerConfig {
     /// Where the stores are published once complete (read by the API server's egress guard).
     pub shared_stores: addresses::SharedStores,
     /// Virtual pods waiting for their host pod; shared with the proxy, which paces pod creates
-    /// by it (`backlog::POD_CREATE_PACE`).
+    /// by it (`backlog::PodCreatePace`).
     pub pod_backlog: Arc<backlog::Backlog>,
     /// Namespaced custom kinds synced down (`--sync-custom-resource`).
     pub custom_kinds: Vec<crate::translate::custom::CustomKind>,
@@ -394,9 +394,27 @@ impl Context {
             action: "Sync".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
-            tracing::warn!(error = %e, object = ?reference.name, "could not record event");
+        match self.recorder.publish(&ev, reference).await {
+            Ok(()) => {}
+            // The object's namespace is going away: nobody will read the event.
+            Err(e) if namespace_gone(&e) => {
+                tracing::debug!(error = %e, object = ?reference.name, "event not recorded")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, object = ?reference.name, "could not record event")
+            }
         }
+    }
+}
+
+/// The API server refused a write because the namespace is being deleted, or is gone.
+fn namespace_gone(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            (s.code == 403 && s.message.contains("because it is being terminated"))
+                || (s.code == 404 && s.message.contains("namespaces"))
+        }
+        _ => false,
     }
 }
 
@@ -1353,5 +1371,38 @@ mod tests {
         let cut = fit_note("é".repeat(NOTE_MAX));
         assert!(cut.len() <= NOTE_MAX, "{}", cut.len());
         assert!(cut.ends_with("...") && cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn events_into_a_namespace_being_deleted_are_not_warned_about() {
+        let api = |code: u16, reason: &str, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        // What kube-apiserver's NamespaceLifecycle admission answers, word for word.
+        assert!(namespace_gone(&api(
+            403,
+            "Forbidden",
+            "events.events.k8s.io \"web.1\" is forbidden: unable to create new content in namespace shop because it is being terminated",
+        )));
+        assert!(namespace_gone(&api(
+            404,
+            "NotFound",
+            "namespaces \"shop\" not found"
+        )));
+        // Any other refusal is worth a warning.
+        assert!(!namespace_gone(&api(
+            403,
+            "Forbidden",
+            "events.events.k8s.io is forbidden: User \"x\" cannot create resource"
+        )));
+        assert!(!namespace_gone(&api(
+            404,
+            "NotFound",
+            "the server could not find the requested resource"
+        )));
     }
 }
