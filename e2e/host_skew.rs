@@ -38,7 +38,7 @@ async fn raw_status(client: &kube::Client, ns: &str, name: &str) -> Option<serde
     api.get(name).await.ok()?.data.get("status").cloned()
 }
 
-fn container_status<'a>(status: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+fn container_status(status: &serde_json::Value) -> Option<&serde_json::Value> {
     status["containerStatuses"]
         .as_array()?
         .iter()
