@@ -12,6 +12,7 @@ mod attack_pods;
 mod cluster_read;
 mod common;
 mod custom_resources;
+mod host_skew;
 mod networking;
 mod observability;
 mod platform;

@@ -17,7 +17,7 @@ const LONG: Duration = Duration::from_secs(90);
 
 /// Where each version's binaries are: VKUBE_VERSIONS_DIR, else the cache VKUBE_BIN_DIR is in
 /// (hack/ builds every version under ~/.cache/vkube/v1.MINOR.PATCH/bin).
-fn versions_dir() -> PathBuf {
+pub(crate) fn versions_dir() -> PathBuf {
     std::env::var_os("VKUBE_VERSIONS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

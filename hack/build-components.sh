@@ -7,10 +7,11 @@
 # CoreDNS (github.com/coredns/coredns), crictl (sigs.k8s.io/cri-tools) and kube-router
 # (github.com/cloudnativelabs/kube-router/v2, its NetworkPolicy firewall only). The default path does
 # not build them, so the host cluster alone stays quick to set up.
-# With --control-plane VERSION only the virtual control plane of another Kubernetes version
-# (kube-apiserver, kube-controller-manager; etcd is shared), into $VKUBE_CACHE/VERSION/bin: what
-# `vkube serve --kubernetes-version` runs (the versions tested are VIRTUAL_K8S_VERSIONS in
-# hack/versions.sh).
+# With --control-plane VERSION only the control plane of another Kubernetes version
+# (kube-apiserver, kube-controller-manager, kube-scheduler; etcd, kwok and kubectl stay pinned),
+# into $VKUBE_CACHE/VERSION/bin: what `vkube serve --kubernetes-version` runs (the versions tested
+# are VIRTUAL_K8S_VERSIONS in hack/versions.sh), and what `hack/host-cluster.sh up
+# --kubernetes-version VERSION` runs as a host of another minor (it alone needs kube-scheduler).
 # With --metrics-server also metrics-server (sigs.k8s.io/metrics-server) and kwok's resource
 # metrics and usage configuration (hack/host-cluster.sh up --metrics-server).
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory last.
@@ -53,7 +54,7 @@ build_kubernetes() {
   local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
   (( REAL_NODE )) && bins+=(kubelet kube-proxy)
-  (( CONTROL_PLANE_ONLY )) && bins=(kube-apiserver kube-controller-manager)
+  (( CONTROL_PLANE_ONLY )) && bins=(kube-apiserver kube-controller-manager kube-scheduler)
   need_build "${bins[@]}" || { log "kubernetes $K8S_VERSION binaries cached"; return; }
   local dir="$SRC/kubernetes" staging_ver="v0.${K8S_VERSION#v1.}"
   mkdir -p "$dir"

@@ -3,6 +3,7 @@
 # kube-scheduler and kwok (fake nodes: scheduled pods become Running without containers).
 #
 #   hack/host-cluster.sh up   [--dir DIR] [--nodes N] [--metrics-server] [--fsync]
+#                             [--kubernetes-version v1.MINOR.PATCH]
 #                                                       start (idempotent); prints the kubeconfig path
 #   hack/host-cluster.sh down [--dir DIR]               stop every process, leave nothing behind
 #   hack/host-cluster.sh status [--dir DIR]
@@ -14,6 +15,11 @@
 # --fsync: etcd syncs every write to disk, as a production host does (and as each tenant's etcd
 # always does). Without it the host's etcd runs with --unsafe-no-fsync: faster tests, but a
 # benchmark baseline that pays no fsync at all (hack/bench-sync.sh passes --fsync).
+# --kubernetes-version: a host of another Kubernetes version than the pinned K8S_VERSION (a minor
+# older or newer, to test the syncer against version skew): kube-apiserver,
+# kube-controller-manager and kube-scheduler of that version (hack/build-components.sh
+# --control-plane VERSION, cached); etcd, kwok and kubectl stay pinned. An `up` with another
+# version than the running cluster's restarts it.
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HACK_DIR/versions.sh"
@@ -23,12 +29,16 @@ DIR="$VKUBE_CACHE/host-cluster"
 NODES=3
 METRICS_SERVER=0
 FSYNC=0
+HOST_VERSION="$K8S_VERSION"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
     --nodes) NODES="$2"; shift 2 ;;
     --metrics-server) METRICS_SERVER=1; shift ;;
     --fsync) FSYNC=1; shift ;;
+    --kubernetes-version)
+      [[ "${2:-}" =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "--kubernetes-version takes v1.MINOR.PATCH, not '${2:-}'" >&2; exit 2; }
+      HOST_VERSION="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -256,13 +266,25 @@ up() {
   (( METRICS_SERVER )) && build_flags+=(--metrics-server)
   bin="$("$HACK_DIR/build-components.sh" "${build_flags[@]}")"
   local kubectl="$bin/kubectl"
+  # The host's own control plane: the pinned version's, or that of --kubernetes-version.
+  local cp_bin="$bin"
+  if [[ "$HOST_VERSION" != "$K8S_VERSION" ]]; then
+    cp_bin="$("$HACK_DIR/build-components.sh" --control-plane "$HOST_VERSION")"
+  fi
   if alive kube-apiserver && alive etcd && alive kwok && [[ -f "$DIR/kubeconfig" ]] \
+     && [[ "$(cat "$DIR/kubernetes-version" 2>/dev/null)" == "$HOST_VERSION" ]] \
      && { (( ! METRICS_SERVER )) || alive metrics-server; } \
      && "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
     log "host cluster already running in $DIR"
     echo "$DIR/kubeconfig"; return 0
   fi
   stop_all
+  # etcd keeps its data across restarts of the same DIR; a host of another version starts afresh
+  # (an API server never reads objects a newer one stored).
+  if [[ -d "$DIR/etcd" && "$(cat "$DIR/kubernetes-version" 2>/dev/null || echo "$K8S_VERSION")" != "$HOST_VERSION" ]]; then
+    rm -rf "$DIR/etcd"
+  fi
+  echo "$HOST_VERSION" > "$DIR/kubernetes-version"
   gen_pki
   local t0; t0=$(date +%s.%N)
   local etcd_port peer_port api_port kwok_port
@@ -276,8 +298,8 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "host=http://127.0.0.1:$peer_port" --log-level warn "${no_fsync[@]}"
-  log "starting kube-apiserver on https://127.0.0.1:$api_port"
-  start_proc kube-apiserver "$bin/kube-apiserver" \
+  log "starting kube-apiserver $HOST_VERSION on https://127.0.0.1:$api_port"
+  start_proc kube-apiserver "$cp_bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -302,7 +324,7 @@ up() {
   wait_for "kube-apiserver /readyz" 60 "$kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz \
     || die "kube-apiserver did not become ready (logs: $LOGS)"
   log "kube-apiserver ready after $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s"
-  start_proc kube-controller-manager "$bin/kube-controller-manager" \
+  start_proc kube-controller-manager "$cp_bin/kube-controller-manager" \
     --kubeconfig "$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
@@ -311,7 +333,7 @@ up() {
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --controllers '*,-node-ipam-controller,-node-route-controller,-service-lb-controller,-cloud-node-lifecycle-controller' \
     --profiling=false
-  start_proc kube-scheduler "$bin/kube-scheduler" \
+  start_proc kube-scheduler "$cp_bin/kube-scheduler" \
     --kubeconfig "$DIR/scheduler.kubeconfig" \
     --authentication-kubeconfig "$DIR/scheduler.kubeconfig" --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --profiling=false
@@ -344,6 +366,13 @@ status:
 ---
 NODE
   done | "$kubectl" --kubeconfig "$DIR/kubeconfig" apply -f - >/dev/null
+  # Nodes kept from an earlier `up` of this DIR (etcd keeps its data) still name the kubelet port
+  # of the kwok that ran then, and kwok does not correct it: logs, exec and metrics would dial a
+  # dead port.
+  for i in $(seq 0 $((NODES - 1))); do
+    "$kubectl" --kubeconfig "$DIR/kubeconfig" patch node "kwok-node-$i" --subresource status --type merge \
+      -p "{\"status\":{\"daemonEndpoints\":{\"kubeletEndpoint\":{\"Port\":$kwok_port}}}}" >/dev/null
+  done
   wait_for "$NODES kwok nodes Ready" 60 nodes_ready "$kubectl" "$NODES" \
     || die "kwok nodes did not become Ready (logs: $LOGS)"
   wait_for "default service account" 30 "$kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default -n default \
@@ -355,7 +384,7 @@ NODE
   for name in "${names[@]}"; do
     alive "$name" || die "$name exited (log: $LOGS/$name.log)"
   done
-  log "host cluster up in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s: $NODES nodes, kubeconfig $DIR/kubeconfig"
+  log "host cluster (Kubernetes $HOST_VERSION) up in $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s: $NODES nodes, kubeconfig $DIR/kubeconfig"
   echo "$DIR/kubeconfig"
 }
 
@@ -363,9 +392,10 @@ case "$cmd" in
   up) up ;;
   down) stop_all; log "host cluster in $DIR stopped" ;;
   status)
+    echo "kubernetes: $(cat "$DIR/kubernetes-version" 2>/dev/null || echo "$K8S_VERSION")"
     for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server; do
       [[ "$name" == metrics-server && ! -f "$PIDS/$name" ]] && continue
       if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name"))"; else echo "$name: stopped"; fi
     done ;;
-  *) echo "usage: $0 up|down|status [--dir DIR] [--nodes N] [--metrics-server]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [--dir DIR] [--nodes N] [--metrics-server] [--fsync] [--kubernetes-version VERSION]" >&2; exit 2 ;;
 esac

@@ -3,9 +3,14 @@
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
 # The virtual control plane in every minor vkube supports (src/controlplane/version.rs SUPPORTED):
 # hack/test.sh builds kube-apiserver and kube-controller-manager of each (cached per version,
-# ~4 min per extra minor on a cold 2-core machine) for the e2e matrix `versions::`. The host
-# cluster always runs K8S_VERSION.
+# ~4 min per extra minor on a cold 2-core machine) for the e2e matrix `versions::`. The main host
+# cluster runs K8S_VERSION.
 VIRTUAL_K8S_VERSIONS="${VIRTUAL_K8S_VERSIONS:-v1.34.4 v1.35.4 v1.36.3}"
+# Hosts one minor newer and one older than K8S_VERSION (and than vkube's k8s-openapi types):
+# hack/test.sh runs a subset of the e2e tests against a host cluster of each, one after the other
+# (hack/host-cluster.sh up --kubernetes-version; control plane binaries built like the virtual
+# ones above, plus kube-scheduler).
+HOST_SKEW_VERSIONS="${HOST_SKEW_VERSIONS:-v1.36.3 v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 # Real node only (hack/build-components.sh --real-node). CoreDNS v1.14.7: its go.mod needs Go 1.25
