@@ -92,6 +92,14 @@ impl std::fmt::Display for FieldRefusal {
     }
 }
 
+/// How a refusal names the class a tenant asked for (a tenant reads it: no Rust syntax).
+fn class_named(class: Option<&str>) -> String {
+    match class {
+        Some(c) => format!("ingress class \"{c}\""),
+        None => "an Ingress without a class".to_string(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngressRefusal {
     #[error(
@@ -99,8 +107,9 @@ pub enum IngressRefusal {
     )]
     NoHostSuffix,
     #[error(
-        "ingress class {class:?} is not allowed by the platform's policy; allowed: {allowed}",
-        allowed = .allowed.join(", ")
+        "{} is not allowed by the platform's policy; allowed: {}",
+        class_named(.class.as_deref()),
+        if .allowed.is_empty() { "none".to_string() } else { .allowed.join(", ") }
     )]
     ClassNotAllowed {
         class: Option<String>,
@@ -1164,13 +1173,21 @@ mod tests {
                 allowed: vec!["public".into(), "internal".into()]
             }
         );
-        assert!(err.to_string().contains("public, internal"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "ingress class \"admin-only\" is not allowed by the platform's policy; allowed: public, internal"
+        );
         // With a list and no default, naming no class is refused too.
         let strict = IngressPolicy {
             default_class: None,
             ..policy
         };
-        assert!(to_host(&ingress(None), &tenant(), &strict).is_err());
+        let err = to_host(&ingress(None), &tenant(), &strict).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("an Ingress without a class is not allowed"),
+            "{err}"
+        );
         // Without a list, anything goes and no class stays no class.
         let h = to_host(&ingress(None), &tenant(), &self::policy()).unwrap();
         assert_eq!(h.ingress.spec.unwrap().ingress_class_name, None);
