@@ -63,6 +63,23 @@ pub enum ControlPlaneError {
     },
 }
 
+impl ControlPlaneError {
+    /// A component could not listen because another process took its port between vkube
+    /// choosing it and the component binding it (ports are chosen by the kernel, then released).
+    pub fn port_taken(&self) -> bool {
+        match self {
+            ControlPlaneError::ExitedDuringStartup { last_line, .. }
+            | ControlPlaneError::Timeout { last_line, .. } => last_line
+                .as_deref()
+                .is_some_and(|l| l.contains("address already in use")),
+            _ => false,
+        }
+    }
+}
+
+/// Starts after a lost port race before giving up (each with newly chosen ports).
+const PORT_RACE_RETRIES: u32 = 3;
+
 /// Where the binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -254,11 +271,13 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Ports from the last run are reused when free: etcd records its peer URL in its data.
-fn choose_ports(data_dir: &Path) -> Result<Ports, ControlPlaneError> {
+/// Ports from the last run are reused when free (etcd records its peer URL in its data), unless
+/// `fresh`: the last start lost one of them to another process.
+fn choose_ports(data_dir: &Path, fresh: bool) -> Result<Ports, ControlPlaneError> {
     let path = data_dir.join("ports.json");
     let previous: Option<Ports> = std::fs::read(&path)
         .ok()
+        .filter(|_| !fresh)
         .and_then(|b| serde_json::from_slice(&b).ok());
     let pick = |old: Option<u16>| match old {
         Some(p) if port_is_free(p) => Ok(p),
@@ -289,11 +308,43 @@ impl ControlPlane {
 
     /// Starts etcd, then the API server, waits for `/readyz` (using `ready_check`), then starts
     /// the controller manager. On any failure every started child is stopped before returning.
+    /// A port taken by another process meanwhile is a retry with new ports, not a failure.
     pub async fn start<F, Fut>(
         config: &ControlPlaneConfig,
         pki: &PkiFiles,
         controller_manager_kubeconfig: &Path,
         ready_check: F,
+    ) -> Result<ControlPlane, ControlPlaneError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut lost_races = 0;
+        loop {
+            let started = Self::start_once(
+                config,
+                pki,
+                controller_manager_kubeconfig,
+                &ready_check,
+                lost_races > 0,
+            )
+            .await;
+            match started {
+                Err(e) if e.port_taken() && lost_races < PORT_RACE_RETRIES => {
+                    lost_races += 1;
+                    tracing::warn!(error = %e, "a port was taken meanwhile; starting again on other ports");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once<F, Fut>(
+        config: &ControlPlaneConfig,
+        pki: &PkiFiles,
+        controller_manager_kubeconfig: &Path,
+        ready_check: &F,
+        fresh_ports: bool,
     ) -> Result<ControlPlane, ControlPlaneError>
     where
         F: Fn(String) -> Fut,
@@ -318,7 +369,7 @@ impl ControlPlane {
             path: etcd_dir.clone(),
             source,
         })?;
-        let ports = choose_ports(&config.data_dir)?;
+        let ports = choose_ports(&config.data_dir, fresh_ports)?;
         let egress_config = match &config.egress_socket {
             Some(socket) => {
                 let path = config.data_dir.join("egress-selector.json");
@@ -556,8 +607,41 @@ mod tests {
     #[test]
     fn ports_are_remembered_across_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let first = choose_ports(dir.path()).unwrap();
-        let second = choose_ports(dir.path()).unwrap();
+        let first = choose_ports(dir.path(), false).unwrap();
+        let second = choose_ports(dir.path(), false).unwrap();
         assert_eq!(first, second);
+        // After a lost port race the remembered ports are not tried again.
+        let fresh = choose_ports(dir.path(), true).unwrap();
+        assert_ne!(first, fresh);
+        assert_eq!(choose_ports(dir.path(), false).unwrap(), fresh);
+    }
+
+    #[test]
+    fn only_a_port_taken_meanwhile_is_a_reason_to_start_again() {
+        // kube-apiserver's last line when another process bound its port first (seen in CI).
+        let taken = ControlPlaneError::ExitedDuringStartup {
+            component: "kube-apiserver".into(),
+            status: "exit status: 1".into(),
+            last_line: Some(r#"E1201 15:41:39.915051   21852 run.go:72] "command failed" err="failed to create listener: failed to listen on 127.0.0.1:41613: listen tcp 127.0.0.1:41613: bind: address already in use""#.into()),
+        };
+        assert!(taken.port_taken());
+        let etcd = ControlPlaneError::Timeout {
+            component: "etcd".into(),
+            timeout: Duration::from_secs(60),
+            last_line: Some("listen tcp 127.0.0.1:2379: bind: address already in use".into()),
+        };
+        assert!(etcd.port_taken());
+        let other = ControlPlaneError::ExitedDuringStartup {
+            component: "kube-apiserver".into(),
+            status: "exit status: 1".into(),
+            last_line: Some("unknown flag: --foo".into()),
+        };
+        assert!(!other.port_taken());
+        let silent = ControlPlaneError::Timeout {
+            component: "etcd".into(),
+            timeout: Duration::from_secs(60),
+            last_line: None,
+        };
+        assert!(!silent.port_taken());
     }
 }
