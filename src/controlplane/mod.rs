@@ -271,13 +271,12 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Ports from the last run are reused when free (etcd records its peer URL in its data), unless
-/// `fresh`: the last start lost one of them to another process.
-fn choose_ports(data_dir: &Path, fresh: bool) -> Result<Ports, ControlPlaneError> {
+/// Ports from the last run are reused when free: etcd records its peer URL in its data. (After a
+/// lost port race the taken port is not free, so only it changes.)
+fn choose_ports(data_dir: &Path) -> Result<Ports, ControlPlaneError> {
     let path = data_dir.join("ports.json");
     let previous: Option<Ports> = std::fs::read(&path)
         .ok()
-        .filter(|_| !fresh)
         .and_then(|b| serde_json::from_slice(&b).ok());
     let pick = |old: Option<u16>| match old {
         Some(p) if port_is_free(p) => Ok(p),
@@ -321,14 +320,8 @@ impl ControlPlane {
     {
         let mut lost_races = 0;
         loop {
-            let started = Self::start_once(
-                config,
-                pki,
-                controller_manager_kubeconfig,
-                &ready_check,
-                lost_races > 0,
-            )
-            .await;
+            let started =
+                Self::start_once(config, pki, controller_manager_kubeconfig, &ready_check).await;
             match started {
                 Err(e) if e.port_taken() && lost_races < PORT_RACE_RETRIES => {
                     lost_races += 1;
@@ -344,7 +337,6 @@ impl ControlPlane {
         pki: &PkiFiles,
         controller_manager_kubeconfig: &Path,
         ready_check: &F,
-        fresh_ports: bool,
     ) -> Result<ControlPlane, ControlPlaneError>
     where
         F: Fn(String) -> Fut,
@@ -369,7 +361,7 @@ impl ControlPlane {
             path: etcd_dir.clone(),
             source,
         })?;
-        let ports = choose_ports(&config.data_dir, fresh_ports)?;
+        let ports = choose_ports(&config.data_dir)?;
         let egress_config = match &config.egress_socket {
             Some(socket) => {
                 let path = config.data_dir.join("egress-selector.json");
@@ -607,13 +599,17 @@ mod tests {
     #[test]
     fn ports_are_remembered_across_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let first = choose_ports(dir.path(), false).unwrap();
-        let second = choose_ports(dir.path(), false).unwrap();
+        let first = choose_ports(dir.path()).unwrap();
+        let second = choose_ports(dir.path()).unwrap();
         assert_eq!(first, second);
-        // After a lost port race the remembered ports are not tried again.
-        let fresh = choose_ports(dir.path(), true).unwrap();
-        assert_ne!(first, fresh);
-        assert_eq!(choose_ports(dir.path(), false).unwrap(), fresh);
+        // Another process took the API server's port: only that port changes.
+        let _taken = std::net::TcpListener::bind(("127.0.0.1", first.apiserver)).unwrap();
+        let third = choose_ports(dir.path()).unwrap();
+        assert_ne!(third.apiserver, first.apiserver);
+        assert_eq!(
+            (third.etcd_client, third.etcd_peer),
+            (first.etcd_client, first.etcd_peer)
+        );
     }
 
     #[test]
