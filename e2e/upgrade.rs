@@ -107,6 +107,25 @@ fn golden_host<K: DeserializeOwned>(kind: &str, case: &str, field: Option<&str>,
     serde_json::from_str(&text.replace(GOLDEN_UID, uid)).unwrap()
 }
 
+/// A namespaced kind with golden cases: what creating it on both sides needs.
+trait GoldenKind:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> GoldenKind for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + DeserializeOwned
+{
+}
+
 /// Creates the virtual object of a golden case and, as the previous release's syncer did, its
 /// host copy; returns the host copy as created.
 async fn previous_release<K>(
@@ -118,11 +137,7 @@ async fn previous_release<K>(
     field: Option<&str>,
 ) -> K
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + DeserializeOwned,
+    K: GoldenKind,
 {
     let v: K = golden_input(kind, case);
     let ns = v.meta().namespace.clone().unwrap();
@@ -173,11 +188,7 @@ async fn written<K>(
     field: Option<&str>,
 ) -> Written
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + DeserializeOwned,
+    K: GoldenKind,
 {
     let h: K = previous_release(virt, host, host_ns, kind, case, field).await;
     let vuid = h
