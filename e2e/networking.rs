@@ -182,14 +182,6 @@ ports: [{name: pg, port: 5432}]
     })
     .await;
 
-    // Updates propagate.
-    apply(&t, &endpoints("ext", &["198.51.100.7"]));
-    eventually("host endpoints updated", LONG, || async {
-        (host_endpoint_ips(&host, &t, "ext").await? == BTreeSet::from(["198.51.100.7".into()]))
-            .then_some(())
-    })
-    .await;
-
     // An unmanaged host object of the same name is never overwritten.
     let hep: Api<Endpoints> = Api::namespaced(host.clone(), &t.namespace);
     let taken = format!("taken-x-default-x-{}", t.name);
@@ -221,8 +213,17 @@ ports: [{name: pg, port: 5432}]
     // re-creation are put back once, as the endpoints controller may delete them that late
     // (it deleted them before the put-back in most runs, which ends the guard early; when it
     // did not, a delete 2 s after the re-creation was put back and this test failed).
+    // Edits wait for the same window: within it the endpoints controller may delete the
+    // Endpoints between kubectl's read and its patch (NotFound in CI), before they are put back.
     same_cluster_ip(&virt, &host, &t, "ext").await;
     tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    // Updates propagate.
+    apply(&t, &endpoints("ext", &["198.51.100.7"]));
+    eventually("host endpoints updated", LONG, || async {
+        (host_endpoint_ips(&host, &t, "ext").await? == BTreeSet::from(["198.51.100.7".into()]))
+            .then_some(())
+    })
+    .await;
     Api::<Endpoints>::namespaced(virt.clone(), "default")
         .delete("ext", &DeleteParams::default())
         .await

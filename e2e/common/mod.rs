@@ -357,7 +357,7 @@ impl Tenant {
             .unwrap();
         let child = Command::new(vkube_bin())
             .args(self.serve_args())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,kube_client::client::builder=off")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
