@@ -25,8 +25,13 @@ bench_start() {
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/vkube-bench-$kind.XXXXXX")"
   trap bench_cleanup EXIT
   BIN="$("$HACK_DIR/build-components.sh")"
-  (cd "$ROOT" && cargo build --release --locked --quiet)
-  VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
+  # VKUBE_BENCH_BIN benches a given build (an A/B of two commits) instead of this tree's.
+  if [[ -n "${VKUBE_BENCH_BIN:-}" ]]; then
+    VKUBE="$VKUBE_BENCH_BIN"
+  else
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    VKUBE="${CARGO_TARGET_DIR:-$ROOT/target}/release/vkube"
+  fi
   HOST_KUBECONFIG="$("$HACK_DIR/host-cluster.sh" up --dir "$WORK/host" --nodes "$nodes" ${BENCH_HOST_FLAGS:-})"
   if [[ -n "${BENCH_BEFORE_SERVE:-}" ]]; then "$BENCH_BEFORE_SERVE"; fi
   local port

@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -229,11 +229,12 @@ impl MetricsApi {
             let Some(origin) = crate::translate::origin(&host_pod.metadata) else {
                 continue;
             };
-            let vkey = ObjectRef::<Pod>::new(&origin.name).within(&origin.namespace);
+            let vkey = ObjectRef::new(&origin.name).within(&origin.namespace);
             let Some(vpod) = stores.virtual_pods.get(&vkey) else {
                 continue;
             };
-            let Some(v) = tm::pod_to_virtual(m, &self.tenant, &host_pod.metadata, &vpod) else {
+            let Some(v) = tm::pod_to_virtual(m, &self.tenant, &host_pod.metadata, &vpod.metadata)
+            else {
                 continue;
             };
             let labels = v.metadata.labels.clone().unwrap_or_default();

@@ -19,8 +19,8 @@ impl Referenced for ConfigMap {
     fn sync_all(config: &SyncerConfig) -> bool {
         config.sync_all_config_maps
     }
-    fn names(refs: References) -> BTreeSet<String> {
-        refs.config_maps
+    fn names(refs: &References) -> &BTreeSet<String> {
+        &refs.config_maps
     }
     fn from_custom(refs: translate::custom::CustomReferences) -> BTreeSet<String> {
         refs.config_maps

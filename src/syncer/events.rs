@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -79,7 +79,7 @@ async fn forward(ctx: &Context, ev: &Event) -> bool {
             if let Some(p) = ctx
                 .stores
                 .virtual_pods
-                .get(&ObjectRef::<Pod>::new(&name).within(&namespace))
+                .get(&ObjectRef::new(&name).within(&namespace))
             {
                 ctx.event(p.as_ref(), type_, &reason, note).await;
             }

@@ -68,7 +68,7 @@ pub async fn sweep(ctx: &Context) {
     let mut referenced_secrets = HashSet::new();
     for p in ctx.stores.virtual_pods.state() {
         let ns = p.namespace().unwrap_or_default();
-        let refs = translate::pod::references(&p);
+        let refs = p.references().clone();
         referenced_cms.extend(refs.config_maps.into_iter().map(|n| (ns.clone(), n)));
         referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
     }

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod services;
 pub mod storage;
 pub mod tokens;
+pub mod virtual_pod;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-    Service,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -59,6 +59,7 @@ use crate::translate::ingress::IngressPolicy;
 use crate::translate::security::Level;
 use crate::translate::service::ServicePolicy;
 use crate::translate::{MANAGED_BY, Tenant};
+use virtual_pod::VirtualPod;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -227,7 +228,7 @@ impl SyncerConfig {
 /// The in-memory view of both sides.
 #[derive(Clone)]
 pub struct Stores {
-    pub virtual_pods: Store<Pod>,
+    pub virtual_pods: Store<virtual_pod::VirtualPod>,
     pub host_pods: Store<host_pod::HostPod>,
     pub virtual_config_maps: Store<ConfigMap>,
     pub host_config_maps: Store<ConfigMap>,
@@ -696,9 +697,9 @@ pub async fn run(
     let all = watcher::Config::default().any_semantic();
     let gc = Arc::new(Notify::new());
 
-    let (pod_main, pod_main_rx) = unbounded::<Result<Pod, watcher::Error>>();
-    let (pod_requeue, pod_requeue_rx) = unbounded::<ObjectRef<Pod>>();
-    let (pod_status, pod_status_rx) = unbounded::<ObjectRef<Pod>>();
+    let (pod_main, pod_main_rx) = unbounded::<Result<VirtualPod, watcher::Error>>();
+    let (pod_requeue, pod_requeue_rx) = unbounded::<ObjectRef<VirtualPod>>();
+    let (pod_status, pod_status_rx) = unbounded::<ObjectRef<VirtualPod>>();
     let (cm_main, cm_main_rx) = unbounded::<Result<ConfigMap, watcher::Error>>();
     let (cm_requeue, cm_requeue_rx) = unbounded::<ObjectRef<ConfigMap>>();
     let (secret_main, secret_main_rx) = unbounded::<Result<Secret, watcher::Error>>();
@@ -730,12 +731,12 @@ pub async fn run(
     // the pending bindings.
     let pod_backlog = config.pod_backlog.clone();
     let bindings = Arc::new(pods::PendingBindings::default());
-    let waiting_pods: Hook<Pod> = {
+    let waiting_pods: Hook<VirtualPod> = {
         let backlog = pod_backlog.clone();
         let bindings = bindings.clone();
         Box::new(move |ev| {
-            let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-            let ns_name = |p: &Pod| {
+            let uid = |p: &VirtualPod| p.metadata.uid.clone().unwrap_or_default();
+            let ns_name = |p: &VirtualPod| {
                 (
                     p.metadata.namespace.clone().unwrap_or_default(),
                     p.metadata.name.clone().unwrap_or_default(),
@@ -748,7 +749,7 @@ pub async fn run(
                     bindings.forget(&uid(p));
                 }
                 watcher::Event::Apply(p) | watcher::Event::InitApply(p)
-                    if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) =>
+                    if p.node_name().is_some() =>
                 {
                     bindings.forget(&uid(p));
                 }
@@ -762,24 +763,24 @@ pub async fn run(
             }
         })
     };
-    let references: Hook<Pod> = {
+    let references: Hook<VirtualPod> = {
         let (cm_requeue, secret_requeue) = (cm_requeue.clone(), secret_requeue.clone());
         Box::new(move |ev| {
             if let Some(p) = applied(ev) {
                 let ns = p.metadata.namespace.clone().unwrap_or_default();
-                let refs = crate::translate::pod::references(p);
-                for n in refs.config_maps {
-                    let _ = cm_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
+                let refs = p.references();
+                for n in &refs.config_maps {
+                    let _ = cm_requeue.unbounded_send(ObjectRef::new(n).within(&ns));
                 }
-                for n in refs.secrets {
-                    let _ = secret_requeue.unbounded_send(ObjectRef::new(&n).within(&ns));
+                for n in &refs.secrets {
+                    let _ = secret_requeue.unbounded_send(ObjectRef::new(n).within(&ns));
                 }
             }
         })
     };
 
     let (virtual_pods, r1, d1) = watched_store(
-        Api::<Pod>::all(virt.clone()),
+        Api::<VirtualPod>::all(virt.clone()),
         all.clone(),
         vec![waiting_pods, main_trigger(pod_main, gc.clone()), references],
     );

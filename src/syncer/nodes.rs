@@ -252,7 +252,7 @@ pub fn unused(ctx: &Context) -> Vec<Arc<Node>> {
         .virtual_pods
         .state()
         .iter()
-        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .filter_map(|p| p.node_name().map(str::to_string))
         .collect();
     ctx.stores
         .virtual_nodes

@@ -15,6 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{self, Applied};
 use super::host_pod::HostPod;
+use super::virtual_pod::VirtualPod;
 use super::{Context, SyncError, nodes, tokens};
 use crate::translate::origin;
 use crate::translate::pod::{self as translate, PodContext};
@@ -23,8 +24,8 @@ use crate::translate::pod::{self as translate, PodContext};
 /// that disappear.
 pub fn controller(
     ctx: Arc<Context>,
-    trigger: super::Trigger<Pod>,
-    requeue: super::Requeue<Pod>,
+    trigger: super::Trigger<VirtualPod>,
+    requeue: super::Requeue<VirtualPod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
     super::controller(ctx, reader, trigger, requeue, reconcile)
@@ -34,7 +35,7 @@ pub fn controller(
 /// its own concurrency, so a burst of status updates never delays the creation of host pods.
 pub fn status_controller(
     ctx: Arc<Context>,
-    requeue: super::Requeue<Pod>,
+    requeue: super::Requeue<VirtualPod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
     super::controller_named(
@@ -48,7 +49,7 @@ pub fn status_controller(
 }
 
 #[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
-async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+async fn reconcile_status(vpod: Arc<VirtualPod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
     // Reporting back waits while pods still wait for their host pod (bounded); then both
     // sides are read afresh, as they may have moved on meanwhile.
@@ -93,8 +94,8 @@ async fn reconcile_status(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, S
 pub const REPORT_HOLD: Duration = Duration::from_secs(2);
 
 /// A virtual pod whose host pod the syncer still has to create (as far as the pod shows).
-pub fn awaits_host_pod(vpod: &Pod) -> bool {
-    vpod.metadata.deletion_timestamp.is_none() && !was_on_host(vpod)
+pub fn awaits_host_pod(vpod: &VirtualPod) -> bool {
+    vpod.metadata.deletion_timestamp.is_none() && !(vpod.node_name().is_some() && vpod.scheduled())
 }
 
 fn uid_precondition(uid: Option<String>) -> DeleteParams {
@@ -114,11 +115,11 @@ fn ignore_not_found(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-async fn reconcile(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+async fn reconcile(vpod: Arc<VirtualPod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
     let (ns, name) = (vpod.namespace().unwrap_or_default(), vpod.name_any());
     let queued = ctx.backlog.waited(&ns, &name);
     let started = std::time::Instant::now();
-    let result = reconcile_pod(vpod, ctx.clone()).await;
+    let result = reconcile_pod(Arc::new(vpod.to_pod()), ctx.clone()).await;
     if let Some(q) = queued {
         // Where create latency goes: waiting for a worker, or the host's create call.
         tracing::debug!(
@@ -240,18 +241,8 @@ fn pod_context(ctx: &Context, vpod: &Pod) -> PodContext {
 
 /// The virtual pod was scheduled through us before (the binding marks it): its host pod existed.
 fn was_on_host(vpod: &Pod) -> bool {
-    vpod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_ref())
-        .is_some()
-        && vpod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "PodScheduled" && c.status == "True")
-            })
+    vpod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+        && super::virtual_pod::pod_scheduled(vpod.status.as_ref())
 }
 
 async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action, SyncError> {
@@ -385,14 +376,14 @@ fn virtual_node_needed<'a>(
 
 /// Host → virtual: bind to the (virtual) node the host scheduled it on, then mirror status.
 async fn sync_up(
-    vpod: &Pod,
+    vpod: &VirtualPod,
     hpod: &HostPod,
     ctx: &Context,
     virt_api: &Api<Pod>,
 ) -> Result<(), SyncError> {
     let host_status = status_for_virtual(hpod.status());
     let host_node = hpod.node_name().map(str::to_string);
-    let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let virtual_node = vpod.node_name().map(str::to_string);
     let uid = vpod.metadata.uid.clone().unwrap_or_default();
     let mut just_bound = virtual_node.is_none() && ctx.bindings.pending(&uid);
     if !just_bound
@@ -434,7 +425,7 @@ async fn sync_up(
     }
     // Everything the host's kubelet reports is true for the virtual pod (but the QoS class).
     let want = &host_status;
-    let have = match (just_bound, vpod.status.clone()) {
+    let have = match (just_bound, vpod.status()) {
         (true, status) => Some(bound(status.unwrap_or_default())),
         (false, status) => status,
     };

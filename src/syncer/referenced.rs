@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use super::apply::{self, Applied};
 use super::{Context, Requeue, Stores, SyncError, SyncerConfig, Trigger};
 use crate::translate::pod::References;
-use crate::translate::{self, Tenant, origin};
+use crate::translate::{Tenant, origin};
 
 pub trait Referenced:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -33,7 +33,7 @@ pub trait Referenced:
     fn virtual_store(stores: &Stores) -> &Store<Self>;
     fn host_store(stores: &Stores) -> &Store<Self>;
     fn sync_all(config: &SyncerConfig) -> bool;
-    fn names(refs: References) -> BTreeSet<String>;
+    fn names(refs: &References) -> &BTreeSet<String>;
     /// Whether an object other than a pod (an Ingress, for a Secret) refers to `namespace/name`.
     fn referenced_elsewhere(_stores: &Stores, _namespace: &str, _name: &str) -> bool {
         false
@@ -56,7 +56,7 @@ pub fn controller<K: Referenced>(
 fn referenced<K: Referenced>(ctx: &Context, namespace: &str, name: &str) -> bool {
     ctx.stores.virtual_pods.state().iter().any(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
-            && K::names(translate::pod::references(p)).contains(name)
+            && K::names(p.references()).contains(name)
     }) || K::referenced_elsewhere(&ctx.stores, namespace, name)
         || ctx
             .custom

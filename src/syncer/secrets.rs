@@ -20,8 +20,8 @@ impl Referenced for Secret {
     fn sync_all(config: &SyncerConfig) -> bool {
         config.sync_all_secrets
     }
-    fn names(refs: References) -> BTreeSet<String> {
-        refs.secrets
+    fn names(refs: &References) -> &BTreeSet<String> {
+        &refs.secrets
     }
     /// Ingresses terminate TLS with (or authenticate by) Secrets of their namespace.
     fn referenced_elsewhere(stores: &Stores, namespace: &str, name: &str) -> bool {

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -284,7 +283,7 @@ pub fn pod_to_virtual(
     host: &PodMetrics,
     tenant: &Tenant,
     host_pod: &ObjectMeta,
-    virtual_pod: &Pod,
+    virtual_pod: &ObjectMeta,
 ) -> Option<PodMetrics> {
     if !tenant.owns(host_pod) || host_pod.namespace.as_deref() != Some(&tenant.host_namespace) {
         return None;
@@ -293,7 +292,7 @@ pub fn pod_to_virtual(
         return None;
     }
     let o = origin(host_pod)?;
-    let vmeta = &virtual_pod.metadata;
+    let vmeta = virtual_pod;
     if Some(&o.namespace) != vmeta.namespace.as_ref() || Some(&o.name) != vmeta.name.as_ref() {
         return None;
     }
@@ -546,15 +545,12 @@ mod tests {
         }
     }
 
-    fn vpod(name: &str, uid: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("default".into()),
-                uid: Some(uid.into()),
-                labels: Some(labels(&[("app", "web")])),
-                ..Default::default()
-            },
+    fn vpod(name: &str, uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            labels: Some(labels(&[("app", "web")])),
             ..Default::default()
         }
     }
