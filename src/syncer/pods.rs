@@ -28,7 +28,8 @@ pub fn controller(
     requeue: super::Requeue<VirtualPod>,
 ) -> BoxFuture<'static, ()> {
     let reader = ctx.stores.virtual_pods.clone();
-    super::controller(ctx, reader, trigger, requeue, reconcile)
+    // Named here: a derived resource's kind is not a static string (see `super::controller`).
+    super::controller_named("Pod", ctx, reader, trigger, requeue, reconcile)
 }
 
 /// Host → virtual: binding and status, triggered by host pod changes. Its own controller with
