@@ -75,6 +75,23 @@ impl ControlPlaneError {
             _ => false,
         }
     }
+
+    /// The port a component could not listen on (`listen tcp 127.0.0.1:PORT: bind: address
+    /// already in use`), when that is why it exited.
+    pub fn taken_port(&self) -> Option<u16> {
+        if !self.port_taken() {
+            return None;
+        }
+        let (ControlPlaneError::ExitedDuringStartup { last_line, .. }
+        | ControlPlaneError::Timeout { last_line, .. }) = self
+        else {
+            return None;
+        };
+        let line = last_line.as_deref()?;
+        let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
 }
 
 /// Starts after a lost port race before giving up (each with newly chosen ports).
@@ -271,16 +288,24 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Ports from the last run are reused when free: etcd records its peer URL in its data. (After a
-/// lost port race the taken port is not free, so only it changes.)
-fn choose_ports(data_dir: &Path) -> Result<Ports, ControlPlaneError> {
+/// Ports from the last run are reused when free: etcd records its peer URL in its data. After a
+/// lost port race the taken port is in `avoid`: a test bind can succeed on a port a component
+/// then cannot listen on (seen in CI: etcd failed on the same port four starts in a row).
+fn choose_ports(data_dir: &Path, avoid: &[u16]) -> Result<Ports, ControlPlaneError> {
     let path = data_dir.join("ports.json");
     let previous: Option<Ports> = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let pick = |old: Option<u16>| match old {
-        Some(p) if port_is_free(p) => Ok(p),
-        _ => free_port(),
+    let pick = |old: Option<u16>| -> Result<u16, ControlPlaneError> {
+        match old {
+            Some(p) if !avoid.contains(&p) && port_is_free(p) => Ok(p),
+            _ => loop {
+                let p = free_port()?;
+                if !avoid.contains(&p) {
+                    break Ok(p);
+                }
+            },
+        }
     };
     let ports = Ports {
         etcd_client: pick(previous.map(|p| p.etcd_client))?,
@@ -319,12 +344,20 @@ impl ControlPlane {
         Fut: std::future::Future<Output = bool>,
     {
         let mut lost_races = 0;
+        let mut taken = Vec::new();
         loop {
-            let started =
-                Self::start_once(config, pki, controller_manager_kubeconfig, &ready_check).await;
+            let started = Self::start_once(
+                config,
+                pki,
+                controller_manager_kubeconfig,
+                &ready_check,
+                &taken,
+            )
+            .await;
             match started {
                 Err(e) if e.port_taken() && lost_races < PORT_RACE_RETRIES => {
                     lost_races += 1;
+                    taken.extend(e.taken_port());
                     tracing::warn!(error = %e, "a port was taken meanwhile; starting again on other ports");
                 }
                 other => return other,
@@ -337,6 +370,7 @@ impl ControlPlane {
         pki: &PkiFiles,
         controller_manager_kubeconfig: &Path,
         ready_check: &F,
+        taken_ports: &[u16],
     ) -> Result<ControlPlane, ControlPlaneError>
     where
         F: Fn(String) -> Fut,
@@ -361,7 +395,7 @@ impl ControlPlane {
             path: etcd_dir.clone(),
             source,
         })?;
-        let ports = choose_ports(&config.data_dir)?;
+        let ports = choose_ports(&config.data_dir, taken_ports)?;
         let egress_config = match &config.egress_socket {
             Some(socket) => {
                 let path = config.data_dir.join("egress-selector.json");
@@ -618,16 +652,23 @@ mod tests {
     #[test]
     fn ports_are_remembered_across_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let first = choose_ports(dir.path()).unwrap();
-        let second = choose_ports(dir.path()).unwrap();
+        let first = choose_ports(dir.path(), &[]).unwrap();
+        let second = choose_ports(dir.path(), &[]).unwrap();
         assert_eq!(first, second);
         // Another process took the API server's port: only that port changes.
         let _taken = std::net::TcpListener::bind(("127.0.0.1", first.apiserver)).unwrap();
-        let third = choose_ports(dir.path()).unwrap();
+        let third = choose_ports(dir.path(), &[]).unwrap();
         assert_ne!(third.apiserver, first.apiserver);
         assert_eq!(
             (third.etcd_client, third.etcd_peer),
             (first.etcd_client, first.etcd_peer)
+        );
+        // A port a component could not listen on changes even when a test bind succeeds.
+        let fourth = choose_ports(dir.path(), &[third.etcd_peer]).unwrap();
+        assert_ne!(fourth.etcd_peer, third.etcd_peer);
+        assert_eq!(
+            (fourth.etcd_client, fourth.apiserver),
+            (third.etcd_client, third.apiserver)
         );
     }
 
@@ -655,6 +696,14 @@ mod tests {
             last_line: Some(r#"E1201 15:41:39.915051   21852 run.go:72] "command failed" err="failed to create listener: failed to listen on 127.0.0.1:41613: listen tcp 127.0.0.1:41613: bind: address already in use""#.into()),
         };
         assert!(taken.port_taken());
+        assert_eq!(taken.taken_port(), Some(41613));
+        // etcd's fatal line (JSON) when its port was taken (seen in CI, four starts in a row).
+        let etcd_json = ControlPlaneError::ExitedDuringStartup {
+            component: "etcd".into(),
+            status: "exit status: 1".into(),
+            last_line: Some(r#"{"level":"fatal","msg":"discovery failed","error":"listen tcp 127.0.0.1:32813: bind: address already in use"}"#.into()),
+        };
+        assert_eq!(etcd_json.taken_port(), Some(32813));
         let etcd = ControlPlaneError::Timeout {
             component: "etcd".into(),
             timeout: Duration::from_secs(60),
@@ -667,6 +716,7 @@ mod tests {
             last_line: Some("unknown flag: --foo".into()),
         };
         assert!(!other.port_taken());
+        assert_eq!(other.taken_port(), None);
         let silent = ControlPlaneError::Timeout {
             component: "etcd".into(),
             timeout: Duration::from_secs(60),
