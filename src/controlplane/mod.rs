@@ -67,30 +67,26 @@ impl ControlPlaneError {
     /// A component could not listen because another process took its port between vkube
     /// choosing it and the component binding it (ports are chosen by the kernel, then released).
     pub fn port_taken(&self) -> bool {
-        match self {
-            ControlPlaneError::ExitedDuringStartup { last_line, .. }
-            | ControlPlaneError::Timeout { last_line, .. } => last_line
-                .as_deref()
-                .is_some_and(|l| l.contains("address already in use")),
-            _ => false,
-        }
+        self.last_line()
+            .is_some_and(|l| l.contains("address already in use"))
     }
 
     /// The port a component could not listen on (`listen tcp 127.0.0.1:PORT: bind: address
     /// already in use`), when that is why it exited.
     pub fn taken_port(&self) -> Option<u16> {
-        if !self.port_taken() {
-            return None;
-        }
-        let (ControlPlaneError::ExitedDuringStartup { last_line, .. }
-        | ControlPlaneError::Timeout { last_line, .. }) = self
-        else {
-            return None;
-        };
-        let line = last_line.as_deref()?;
+        let line = self.last_line().filter(|_| self.port_taken())?;
         let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
         let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
+    }
+
+    /// The component's last telling log line, for the errors that carry one.
+    fn last_line(&self) -> Option<&str> {
+        match self {
+            ControlPlaneError::ExitedDuringStartup { last_line, .. }
+            | ControlPlaneError::Timeout { last_line, .. } => last_line.as_deref(),
+            _ => None,
+        }
     }
 }
 

@@ -68,9 +68,9 @@ pub async fn sweep(ctx: &Context) {
     let mut referenced_secrets = HashSet::new();
     for p in ctx.stores.virtual_pods.state() {
         let ns = p.namespace().unwrap_or_default();
-        let refs = p.references().clone();
-        referenced_cms.extend(refs.config_maps.into_iter().map(|n| (ns.clone(), n)));
-        referenced_secrets.extend(refs.secrets.into_iter().map(|n| (ns.clone(), n)));
+        let refs = p.references();
+        referenced_cms.extend(refs.config_maps.iter().map(|n| (ns.clone(), n.clone())));
+        referenced_secrets.extend(refs.secrets.iter().map(|n| (ns.clone(), n.clone())));
     }
     for i in ctx.stores.virtual_ingresses.state() {
         let ns = i.namespace().unwrap_or_default();
