@@ -2,7 +2,9 @@
 # Brings up a local host cluster and one virtual cluster, then prints how to use it.
 #
 #   hack/demo.sh [NAME]     start (idempotent); NAME defaults to "demo"
-#   hack/demo.sh down       stop the virtual cluster(s) and the host cluster
+#   hack/demo.sh down       stop the virtual cluster(s) and the host cluster (their data is kept:
+#                           the next start shows the same objects)
+#   hack/demo.sh reset      stop everything and delete its data, so the next start is empty
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HACK_DIR/.." && pwd)"
@@ -11,7 +13,7 @@ DEMO_DIR="$VKUBE_CACHE/demo"
 HOST_DIR="$DEMO_DIR/host"
 log() { printf '[demo %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [[ "${1:-}" == "down" ]]; then
+if [[ "${1:-}" == "down" || "${1:-}" == "reset" ]]; then
   for pidfile in "$DEMO_DIR"/*/serve.pid; do
     [[ -f "$pidfile" ]] || continue
     pid="$(cat "$pidfile")"
@@ -20,6 +22,10 @@ if [[ "${1:-}" == "down" ]]; then
     rm -f "$pidfile"
   done
   "$HACK_DIR/host-cluster.sh" down --dir "$HOST_DIR"
+  if [[ "$1" == "reset" ]]; then
+    rm -rf "$DEMO_DIR"
+    log "deleted the demo's data ($DEMO_DIR)"
+  fi
   exit 0
 fi
 
@@ -56,6 +62,12 @@ else
   [[ -f "$VC_DIR/kubeconfig" ]] || { echo "virtual cluster not ready after 120 s; see $VC_DIR/serve.log" >&2; exit 1; }
 fi
 
+# A demo started again keeps its objects: suggest creating the example only when it is not there.
+TRY="kubectl create deployment web --image=nginx --replicas=2"
+if "$BIN/kubectl" --kubeconfig "$VC_DIR/kubeconfig" get deployment web -n default >/dev/null 2>&1; then
+  TRY="kubectl get deployment web    # made by an earlier run; hack/demo.sh reset starts empty"
+fi
+
 cat <<MSG
 
 Virtual cluster "$NAME" is ready (host namespace vkube-$NAME on the local host cluster).
@@ -64,8 +76,8 @@ Virtual cluster "$NAME" is ready (host namespace vkube-$NAME on the local host c
   export PATH=$BIN:\$PATH        # kubectl $K8S_VERSION
 
   kubectl get namespaces
-  kubectl create deployment web --image=nginx --replicas=2
+  $TRY
 
 The host cluster:  kubectl --kubeconfig $HOST_KUBECONFIG get all -n vkube-$NAME
-Stop everything:   hack/demo.sh down
+Stop everything:   hack/demo.sh down     (hack/demo.sh reset also deletes the demo's data)
 MSG
