@@ -1,14 +1,15 @@
 //! Several Kubernetes versions on one host: a tenant of every supported minor
 //! (`vkube serve --kubernetes-version`, binaries from hack/build-components.sh --control-plane),
 //! side by side, each syncing a pod down and its status up; binaries of another minor than
-//! asked for are refused before anything starts.
+//! asked for are refused before anything starts; a pod field a tenant's API server keeps but
+//! vkube's types cannot read is refused, not dropped.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use vkube::controlplane::version::SUPPORTED;
 
 use crate::common::{self, Tenant, eventually};
@@ -144,4 +145,67 @@ async fn binaries_of_another_minor_are_refused_before_anything_starts() {
     t.extra_args = vec!["--kubernetes-version".into(), "1.20".into()];
     let (ok, err) = common::run_vkube(&t.serve_args(), Duration::from_secs(60));
     assert!(!ok && err.contains("not supported"), "{err}");
+}
+
+/// A feature gate turned on inside one tenant (`vkube serve --feature-gates`, with its API through
+/// `--runtime-config`) lets its 1.36 API
+/// server keep `spec.schedulingGroup`, which vkube's 1.35 types do not know. Parsed through the
+/// types the field would vanish and the pod start on the host without it; instead the pod is
+/// refused with an Event naming the field, while a pod without it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_field_beyond_vkubes_types_is_refused_not_dropped() {
+    let mut t = Tenant::new("gates");
+    t.extra_args = vec![
+        "--kubernetes-version".into(),
+        "1.36".into(),
+        "--versions-dir".into(),
+        versions_dir().display().to_string(),
+        "--feature-gates".into(),
+        "GenericWorkload=true".into(),
+        // The gate's admission waits for its API (Workload, PodGroup) to be served.
+        "--runtime-config".into(),
+        "scheduling.k8s.io/v1alpha2=true".into(),
+    ];
+    t.spawn();
+    t.wait_ready();
+    let virt = t.client().await;
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(virt.clone(), "default", &ApiResource::erase::<Pod>(&()));
+    let grouped: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "grouped"},
+        "spec": {"containers": [{"name": "main", "image": "registry.local/app:1"}],
+                 "schedulingGroup": {"podGroupName": "training"}},
+    }))
+    .unwrap();
+    let kept = raw.create(&PostParams::default(), &grouped).await.unwrap();
+    assert_eq!(
+        kept.data["spec"]["schedulingGroup"]["podGroupName"], "training",
+        "the tenant's API server keeps the field (feature gate on): {:?}",
+        kept.data["spec"]
+    );
+    let ev = crate::syncer::wait_event(&virt, "default", "grouped", "HostPolicyViolation").await;
+    let message = ev.message.unwrap_or_default();
+    assert!(
+        message.contains("spec.schedulingGroup") && message.contains("not known"),
+        "the event names the field: {message}"
+    );
+
+    // The syncer is alive and well: an ordinary pod of the same tenant runs.
+    Api::<Pod>::namespaced(virt, "default")
+        .create(&PostParams::default(), &pod("plain"))
+        .await
+        .unwrap();
+    let host = common::host_client().await;
+    let hpods: Api<Pod> = Api::namespaced(host, &t.namespace);
+    let plain = format!("plain-x-default-x-{}", t.name);
+    eventually("the ordinary pod is on the host", LONG, || async {
+        hpods.get(&plain).await.ok().map(|_| ())
+    })
+    .await;
+    let grouped_host = format!("grouped-x-default-x-{}", t.name);
+    assert!(
+        hpods.get_opt(&grouped_host).await.unwrap().is_none(),
+        "the pod with a field vkube cannot read never reaches the host"
+    );
 }

@@ -79,6 +79,10 @@ pub struct ServeOptions {
     pub binaries: Binaries,
     /// The minor the control plane's binaries must be (`--kubernetes-version`).
     pub kubernetes_version: Option<crate::controlplane::version::Minor>,
+    /// Feature gates of the virtual API server and controller manager (`--feature-gates`).
+    pub feature_gates: Option<crate::controlplane::features::FeatureGates>,
+    /// API groups and versions of the virtual API server (`--runtime-config`).
+    pub runtime_config: Option<crate::controlplane::features::RuntimeConfig>,
     pub service_cidr: String,
     /// Host Service that exposes the proxy (its DNS names go into the serving certificate).
     pub service_name: Option<String>,
@@ -316,6 +320,8 @@ pub async fn run(
         startup_timeout: opts.startup_timeout,
         egress_socket,
         version: opts.kubernetes_version,
+        feature_gates: opts.feature_gates.clone(),
+        runtime_config: opts.runtime_config.clone(),
     };
     // vkube's own client identity: never the certificate handed out in the kubeconfig.
     let internal = pki.leaf(Leaf::Internal).clone();

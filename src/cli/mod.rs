@@ -238,6 +238,15 @@ struct ServeArgs {
     /// of another minor are refused. Default: whatever --bin-dir holds, if supported.
     #[arg(long, env = "VKUBE_KUBERNETES_VERSION", value_parser = vkube::controlplane::version::Minor::supported)]
     kubernetes_version: Option<vkube::controlplane::version::Minor>,
+    /// Feature gates of the virtual API server and controller manager, as Kubernetes writes
+    /// them (`GenericWorkload=true,...`): a feature inside this tenant only, never on the host.
+    /// Pod fields such a gate allows that vkube does not know are refused, not synced.
+    #[arg(long, env = "VKUBE_FEATURE_GATES", value_parser = vkube::controlplane::features::FeatureGates::parse)]
+    feature_gates: Option<vkube::controlplane::features::FeatureGates>,
+    /// API groups and versions to turn on or off in the virtual API server, as Kubernetes writes
+    /// them (`scheduling.k8s.io/v1alpha2=true`): what an alpha feature gate's API needs.
+    #[arg(long, env = "VKUBE_RUNTIME_CONFIG", value_parser = vkube::controlplane::features::RuntimeConfig::parse)]
+    runtime_config: Option<vkube::controlplane::features::RuntimeConfig>,
     /// Directory with one `v1.MINOR.PATCH/bin` per Kubernetes version (the layout of
     /// hack/build-components.sh's cache, ~/.cache/vkube): --kubernetes-version picks from it
     /// (without --kubernetes-version it is not used).
@@ -653,6 +662,8 @@ async fn serve_command(args: Box<ServeArgs>) -> anyhow::Result<()> {
         data_dir,
         binaries,
         kubernetes_version: args.kubernetes_version,
+        feature_gates: args.feature_gates.clone(),
+        runtime_config: args.runtime_config.clone(),
         service_cidr: args.service_cidr,
         service_name: args.service_name,
         advertise_address: args.advertise_address,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::pki::{Authority, Leaf, PkiFiles};
+pub mod features;
 pub mod version;
 
 use supervisor::{Backoff, ProcessSpec, ProcessState, Supervised, SupervisorError};
@@ -120,6 +121,11 @@ pub struct ControlPlaneConfig {
     pub egress_socket: Option<PathBuf>,
     /// The minor the binaries must be (`--kubernetes-version`); `None`: any supported one.
     pub version: Option<version::Minor>,
+    /// `--feature-gates` of the API server and the controller manager (`vkube serve
+    /// --feature-gates`); `None`: the minor's defaults.
+    pub feature_gates: Option<features::FeatureGates>,
+    /// `--runtime-config` of the API server (`vkube serve --runtime-config`).
+    pub runtime_config: Option<features::RuntimeConfig>,
 }
 
 /// Loopback ports of one control plane.
@@ -270,6 +276,18 @@ pub fn controller_manager_args(pki: &PkiFiles, kubeconfig: &Path) -> Vec<String>
         format!("--controllers={}", controllers.join(",")),
         "--profiling=false".into(),
     ]
+}
+
+/// Appends the admin's feature gates and (API server only) runtime config, if any: after the
+/// minor's own flags, and vkube sets neither itself, so each flag appears once.
+fn with_features(
+    mut args: Vec<String>,
+    gates: Option<&features::FeatureGates>,
+    runtime_config: Option<&features::RuntimeConfig>,
+) -> Vec<String> {
+    args.extend(gates.map(features::FeatureGates::flag));
+    args.extend(runtime_config.map(features::RuntimeConfig::flag));
+    args
 }
 
 /// A free port on 127.0.0.1, chosen by the kernel.
@@ -431,9 +449,13 @@ impl ControlPlane {
             ProcessSpec {
                 name: "kube-apiserver".into(),
                 program: config.binaries.kube_apiserver.clone(),
-                args: version::apiserver_flags(
-                    minor,
-                    apiserver_args(pki, ports, &config.service_cidr, egress_config.as_deref()),
+                args: with_features(
+                    version::apiserver_flags(
+                        minor,
+                        apiserver_args(pki, ports, &config.service_cidr, egress_config.as_deref()),
+                    ),
+                    config.feature_gates.as_ref(),
+                    config.runtime_config.as_ref(),
                 ),
                 // A smaller heap target: the virtual API server is mostly idle.
                 env: vec![("GOGC".into(), "50".into())],
@@ -461,9 +483,13 @@ impl ControlPlane {
             ProcessSpec {
                 name: "kube-controller-manager".into(),
                 program: config.binaries.kube_controller_manager.clone(),
-                args: version::controller_manager_flags(
-                    minor,
-                    controller_manager_args(pki, controller_manager_kubeconfig),
+                args: with_features(
+                    version::controller_manager_flags(
+                        minor,
+                        controller_manager_args(pki, controller_manager_kubeconfig),
+                    ),
+                    config.feature_gates.as_ref(),
+                    None,
                 ),
                 env: vec![("GOGC".into(), "50".into())],
             },
@@ -590,6 +616,32 @@ mod tests {
         assert!(args.contains(&"--requestheader-allowed-names=front-proxy-client".to_string()));
         assert!(args.contains(&"--etcd-servers=https://127.0.0.1:2379".to_string()));
         assert!(args.contains(&"--authorization-mode=RBAC".to_string()));
+    }
+
+    #[test]
+    fn the_admins_feature_gates_and_runtime_config_are_the_only_ones() {
+        let gates = features::FeatureGates::parse("GenericWorkload=true").unwrap();
+        let apis = features::RuntimeConfig::parse("scheduling.k8s.io/v1alpha2=true").unwrap();
+        let count =
+            |args: &[String], flag: &str| args.iter().filter(|a| a.starts_with(flag)).count();
+        for base in [
+            apiserver_args(&files(), PORTS, "10.96.0.0/12", None),
+            controller_manager_args(&files(), Path::new("/kcm.kubeconfig")),
+        ] {
+            let plain = with_features(base.clone(), None, None);
+            assert_eq!(count(&plain, "--feature-gates"), 0);
+            assert_eq!(count(&plain, "--runtime-config"), 0);
+            let with = with_features(base, Some(&gates), Some(&apis));
+            assert_eq!(count(&with, "--feature-gates"), 1);
+            assert_eq!(count(&with, "--runtime-config"), 1);
+            assert_eq!(
+                with[with.len() - 2..],
+                [
+                    "--feature-gates=GenericWorkload=true",
+                    "--runtime-config=scheduling.k8s.io/v1alpha2=true"
+                ]
+            );
+        }
     }
 
     #[test]

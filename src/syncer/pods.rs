@@ -120,7 +120,12 @@ async fn reconcile(vpod: Arc<VirtualPod>, ctx: Arc<Context>) -> Result<Action, S
     let (ns, name) = (vpod.namespace().unwrap_or_default(), vpod.name_any());
     let queued = ctx.backlog.waited(&ns, &name);
     let started = std::time::Instant::now();
-    let result = reconcile_pod(Arc::new(vpod.to_pod()), ctx.clone()).await;
+    let result = reconcile_pod(
+        Arc::new(vpod.to_pod()),
+        vpod.fields_beyond_types(),
+        ctx.clone(),
+    )
+    .await;
     if let Some(q) = queued {
         // Where create latency goes: waiting for a worker, or the host's create call.
         tracing::debug!(
@@ -136,7 +141,11 @@ async fn reconcile(vpod: Arc<VirtualPod>, ctx: Arc<Context>) -> Result<Action, S
 }
 
 #[tracing::instrument(skip_all, fields(vcluster = %ctx.tenant().name, pod = %format!("{}/{}", vpod.namespace().unwrap_or_default(), vpod.name_any())))]
-async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, SyncError> {
+async fn reconcile_pod(
+    vpod: Arc<Pod>,
+    beyond_types: &[String],
+    ctx: Arc<Context>,
+) -> Result<Action, SyncError> {
     ctx.wait_ready().await?;
     let tenant = ctx.tenant();
     let ns = vpod.namespace().unwrap_or_default();
@@ -188,7 +197,7 @@ async fn reconcile_pod(vpod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Sync
                 .map_err(SyncError::Virtual)?;
             return Ok(Action::await_change());
         }
-        return create(&vpod, &ctx, &host_api).await;
+        return create(&vpod, beyond_types, &ctx, &host_api).await;
     };
 
     // Keep the host pod current (labels, annotations, images: what a pod may change; the
@@ -246,9 +255,20 @@ fn was_on_host(vpod: &Pod) -> bool {
         && super::virtual_pod::pod_scheduled(vpod.status.as_ref())
 }
 
-async fn create(vpod: &Pod, ctx: &Context, host_api: &Api<Pod>) -> Result<Action, SyncError> {
+async fn create(
+    vpod: &Pod,
+    beyond_types: &[String],
+    ctx: &Context,
+    host_api: &Api<Pod>,
+) -> Result<Action, SyncError> {
     let tenant = ctx.tenant();
-    let desired = match translate::to_host(vpod, tenant, &pod_context(ctx, vpod)) {
+    let beyond = crate::translate::security::fields_beyond_types(beyond_types);
+    let translated = if beyond.is_empty() {
+        translate::to_host(vpod, tenant, &pod_context(ctx, vpod))
+    } else {
+        Err(beyond)
+    };
+    let desired = match translated {
         Ok(d) => d,
         Err(violations) => {
             let list: Vec<String> = violations.iter().map(|v| v.to_string()).collect();

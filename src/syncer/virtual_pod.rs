@@ -27,6 +27,9 @@ struct CompactSpec {
     json: Option<Box<str>>,
     node_name: Option<String>,
     references: References,
+    /// Fields the API server sent that vkube's types do not know (`spec.schedulingGroup` from a
+    /// newer virtual API server): parsing drops them, so they are noted on the way in.
+    beyond_types: Box<[String]>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -40,18 +43,47 @@ struct CompactStatus {
 struct WirePod {
     #[serde(default)]
     metadata: ObjectMeta,
-    spec: Option<PodSpec>,
+    #[serde(default, deserialize_with = "spec_noting_unknown")]
+    spec: WireSpec,
     status: Option<PodStatus>,
+}
+
+#[derive(Default)]
+struct WireSpec {
+    spec: Option<PodSpec>,
+    beyond_types: Vec<String>,
+}
+
+/// Parses the spec, noting the path of every field the types ignore.
+fn spec_noting_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<WireSpec, D::Error> {
+    let mut beyond_types = Vec::new();
+    let spec = serde_ignored::deserialize(d, |path| beyond_types.push(spec_path(&path)))?;
+    Ok(WireSpec { spec, beyond_types })
+}
+
+/// `spec.containers[0].fooBar`, as `kubectl explain` and vkube's other messages name fields.
+fn spec_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => "spec".into(),
+        Path::Seq { parent, index } => format!("{}[{index}]", spec_path(parent)),
+        Path::Map { parent, key } => format!("{}.{key}", spec_path(parent)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => spec_path(parent),
+    }
 }
 
 impl From<WirePod> for VirtualPod {
     fn from(w: WirePod) -> Self {
         let pod = Pod {
             metadata: w.metadata,
-            spec: w.spec,
+            spec: w.spec.spec,
             status: w.status,
         };
-        VirtualPod::from_pod(pod)
+        let mut cached = VirtualPod::from_pod(pod);
+        cached.spec.beyond_types = w.spec.beyond_types.into_boxed_slice();
+        cached
     }
 }
 
@@ -64,6 +96,7 @@ impl VirtualPod {
             json: compact(pod.spec.as_ref()),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             references,
+            beyond_types: Box::default(),
         };
         let status = CompactStatus {
             json: compact(pod.status.as_ref()),
@@ -101,6 +134,11 @@ impl VirtualPod {
     /// The node the pod is bound to.
     pub fn node_name(&self) -> Option<&str> {
         self.spec.node_name.as_deref()
+    }
+
+    /// Spec fields its API server sent that vkube's types do not know (and so cannot copy).
+    pub fn fields_beyond_types(&self) -> &[String] {
+        &self.spec.beyond_types
     }
 
     /// The configmaps, secrets and claims of its namespace the pod uses.
@@ -155,6 +193,33 @@ mod tests {
         assert!(cached.references().config_maps.contains("settings"));
         assert!(cached.references().secrets.contains("db"));
         assert!(cached.references().claims.contains("pg"));
+    }
+
+    #[test]
+    fn spec_fields_the_types_do_not_know_are_noted() {
+        // What a 1.36 API server with GenericWorkload on sends, and a field of a later one.
+        let newer = WATCHED
+            .replace(
+                r#""nodeName": "node-1","#,
+                r#""nodeName": "node-1", "schedulingGroup": {"podGroupName": "g"},"#,
+            )
+            .replace(
+                r#""image": "nginx","#,
+                r#""image": "nginx", "hostKernel": {"modules": ["x"]},"#,
+            );
+        let cached: VirtualPod = serde_json::from_str(&newer).expect("a pod");
+        assert_eq!(
+            cached.fields_beyond_types(),
+            ["spec.schedulingGroup", "spec.containers[0].hostKernel"]
+        );
+        // The rest reads as before.
+        let known: VirtualPod = serde_json::from_str(WATCHED).expect("a pod");
+        assert_eq!(cached.to_pod(), known.to_pod());
+        assert!(known.fields_beyond_types().is_empty());
+        // A status field the types do not know is not the spec's business: it goes up raw.
+        let status = WATCHED.replace(r#""phase": "Running","#, r#""phase": "Running", "x": 1,"#);
+        let cached: VirtualPod = serde_json::from_str(&status).expect("a pod");
+        assert!(cached.fields_beyond_types().is_empty());
     }
 
     #[test]

@@ -423,6 +423,36 @@ pub fn unknown_fields(spec: &PodSpec) -> Vec<Violation> {
     unknown_in(&spec_fields(spec))
 }
 
+/// Spec fields the tenant's API server keeps but vkube's types cannot even read (a newer
+/// Kubernetes minor, a feature gate turned on inside the tenant): refused like any unknown field.
+/// Dropping them instead would start the pod without them, and such a field may be what
+/// confines it.
+pub fn fields_beyond_types(paths: &[String]) -> Vec<Violation> {
+    /// A pod has few such fields; the message stays readable even if an API server sends more.
+    const LISTED: usize = 10;
+    let mut out: Vec<Violation> = paths
+        .iter()
+        .take(LISTED)
+        .map(|path| Violation {
+            field: path.chars().take(200).collect(),
+            message: format!(
+                "this field is not known to this version of vkube (Kubernetes {} types); remove it",
+                TYPES_MINOR
+            ),
+        })
+        .collect();
+    if paths.len() > LISTED {
+        out.push(Violation {
+            field: format!("{} more fields", paths.len() - LISTED),
+            message: "not known to this version of vkube either".into(),
+        });
+    }
+    out
+}
+
+/// The Kubernetes minor of the types vkube is built with (k8s-openapi's `v1_35` feature).
+const TYPES_MINOR: &str = "1.35";
+
 fn unknown_in(f: &SpecFields) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut unknown = |path: &str, names: &[String], known: &[&str]| {
@@ -895,6 +925,21 @@ mod tests {
             fields(&check(&BTreeMap::new(), &spec, Level::Restricted))
                 .contains(&"spec.volumes[0].nfs")
         );
+    }
+
+    #[test]
+    fn fields_beyond_the_types_are_refused_and_listed_briefly() {
+        let v = fields_beyond_types(&["spec.schedulingGroup".into()]);
+        assert_eq!(fields(&v), ["spec.schedulingGroup"]);
+        assert!(v[0].message.contains("1.35"), "{}", v[0].message);
+        assert!(fields_beyond_types(&[]).is_empty());
+        let many: Vec<String> = (0..25)
+            .map(|i| format!("spec.f{i}{}", "x".repeat(500)))
+            .collect();
+        let v = fields_beyond_types(&many);
+        assert_eq!(v.len(), 11);
+        assert!(v.iter().all(|v| v.field.len() <= 200));
+        assert_eq!(v[10].field, "15 more fields");
     }
 
     #[test]
