@@ -592,6 +592,8 @@ pub fn stateful_set(
         "--kubernetes-version".into(),
         resolved.version.clone(),
     ];
+    // The admin's features of that version, inside the tenant only.
+    args.extend(policy.feature_args(&resolved.version));
     if !policy.syncer_cluster_read {
         // Without the grant, say so in the arguments rather than in a warning at every start.
         args.extend(["--node-sync", "pseudo", "--storage-sync", "off"].map(String::from));
@@ -1282,6 +1284,29 @@ mod tests {
         };
         assert!(args(false).contains("--node-sync pseudo --storage-sync off"));
         assert!(!args(true).contains("--node-sync"));
+    }
+
+    #[test]
+    fn a_versions_features_reach_its_tenants_control_plane_only() {
+        let args = |gates: Option<&str>| {
+            let vc = vc("alice", Default::default());
+            let mut p = policy();
+            for v in &mut p.kubernetes_versions {
+                v.feature_gates = gates.map(String::from);
+            }
+            let r = check(&vc, &p, &Facts::new(0)).unwrap();
+            let sts: StatefulSet =
+                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
+            sts.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+                .join(" ")
+        };
+        assert!(
+            args(Some("GenericWorkload=true")).contains("--feature-gates GenericWorkload=true")
+        );
+        assert!(!args(None).contains("--feature-gates"));
     }
 
     #[test]

@@ -332,6 +332,12 @@ const RESOURCE_KEYS: &[&str] = &[
 pub struct VersionImage {
     pub version: String,
     pub image: String,
+    /// `vkube serve --feature-gates` for tenants of this version (gates differ between minors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_gates: Option<String>,
+    /// `vkube serve --runtime-config` for tenants of this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -481,6 +487,17 @@ impl Policy {
                     "kubernetesVersions: {minor} is listed twice"
                 )));
             }
+            use crate::controlplane::features::{FeatureGates, RuntimeConfig};
+            if let Some(g) = &v.feature_gates {
+                FeatureGates::parse(g).map_err(|e| {
+                    PolicyError::Invalid(format!("kubernetesVersions {minor} featureGates: {e}"))
+                })?;
+            }
+            if let Some(r) = &v.runtime_config {
+                RuntimeConfig::parse(r).map_err(|e| {
+                    PolicyError::Invalid(format!("kubernetesVersions {minor} runtimeConfig: {e}"))
+                })?;
+            }
         }
         if self.image_for(&self.default_kubernetes_version).is_none() {
             return Err(PolicyError::Invalid(format!(
@@ -543,6 +560,25 @@ impl Policy {
             .iter()
             .find(|v| v.version == version)
             .map(|v| v.image.as_str())
+    }
+
+    /// The `vkube serve` flags of a version's features (`--feature-gates`, `--runtime-config`).
+    pub fn feature_args(&self, version: &str) -> Vec<String> {
+        let Some(v) = self
+            .kubernetes_versions
+            .iter()
+            .find(|v| v.version == version)
+        else {
+            return Vec::new();
+        };
+        let mut args = Vec::new();
+        if let Some(g) = &v.feature_gates {
+            args.extend(["--feature-gates".to_string(), g.clone()]);
+        }
+        if let Some(r) = &v.runtime_config {
+            args.extend(["--runtime-config".to_string(), r.clone()]);
+        }
+        args
     }
 
     pub fn allowed_versions(&self) -> Vec<&str> {
@@ -1378,6 +1414,41 @@ placement:
                 "[{version: '1.35', image: b}, {version: 'latest', image: a}]",
                 "invalid",
             ),
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_versions_features_are_checked_and_become_serve_flags() {
+        let read = |extra: &str| {
+            Policy::from_yaml(
+                &format!(
+                    "kubernetesVersions: [{{version: '1.35', image: b}}, {{version: '1.36', image: c{extra}}}]\ndefaultKubernetesVersion: '1.35'\n"
+                ),
+                "p",
+            )
+        };
+        let p = read(", featureGates: 'GenericWorkload=true', runtimeConfig: 'scheduling.k8s.io/v1alpha2=true'")
+            .unwrap();
+        assert_eq!(
+            p.feature_args("1.36"),
+            [
+                "--feature-gates",
+                "GenericWorkload=true",
+                "--runtime-config",
+                "scheduling.k8s.io/v1alpha2=true"
+            ]
+        );
+        assert!(p.feature_args("1.35").is_empty());
+        for (bad, why) in [
+            (", featureGates: 'GenericWorkload'", "1.36 featureGates"),
+            (
+                ", featureGates: 'A=true --anonymous-auth=true'",
+                "featureGates",
+            ),
+            (", runtimeConfig: 'api/all'", "1.36 runtimeConfig"),
         ] {
             let err = read(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");

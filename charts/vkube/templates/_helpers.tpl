@@ -14,7 +14,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- $p := deepCopy .Values.policy -}}
 {{- $versions := list -}}
 {{- range .Values.policy.kubernetesVersions -}}
-{{- $versions = append $versions (dict "version" .version "image" (default (include "vkube.image" $) .image)) -}}
+{{- $v := dict "version" .version "image" (default (include "vkube.image" $) .image) -}}
+{{- if .featureGates }}{{ $_ := set $v "featureGates" .featureGates }}{{ end -}}
+{{- if .runtimeConfig }}{{ $_ := set $v "runtimeConfig" .runtimeConfig }}{{ end -}}
+{{- $versions = append $versions $v -}}
 {{- end -}}
 {{- $_ := set $p "kubernetesVersions" $versions -}}
 {{- $_ := set $p "imagePullPolicy" .Values.image.pullPolicy -}}
