@@ -311,7 +311,10 @@ pub async fn run(
     // Kubeconfig for the controller manager: straight to the loopback API server. The port is
     // only known after the control plane picks it, so the file is written by the ready check.
     let kcm_kubeconfig = opts.data_dir.join("controller-manager.kubeconfig");
-    let internal_client: std::sync::Arc<tokio::sync::OnceCell<kube::Client>> = Default::default();
+    // Built by the first ready check against an API server URL; a start on other ports (after a
+    // lost port race) has another URL, so the client is kept with the URL it was built for.
+    let internal_client: std::sync::Arc<std::sync::Mutex<Option<(String, kube::Client)>>> =
+        Default::default();
 
     let cp_config = ControlPlaneConfig {
         binaries: opts.binaries.clone(),
@@ -334,8 +337,13 @@ pub async fn run(
         let kcm_kubeconfig = kcm_kubeconfig.clone();
         let internal_client = internal_client.clone();
         async move {
-            let client = match internal_client.get() {
-                Some(c) => c.clone(),
+            let cached = internal_client.lock().ok().and_then(|c| {
+                c.as_ref()
+                    .filter(|(u, _)| *u == url)
+                    .map(|(_, c)| c.clone())
+            });
+            let client = match cached {
+                Some(c) => c,
                 None => {
                     let Ok(yaml) = kubeconfig::render(&KubeconfigSpec {
                         context: "vkube-internal",
@@ -363,7 +371,9 @@ pub async fn run(
                     if write_private(&kcm_kubeconfig, kcm_yaml.as_bytes()).is_err() {
                         return false;
                     }
-                    let _ = internal_client.set(client.clone());
+                    if let Ok(mut c) = internal_client.lock() {
+                        *c = Some((url.clone(), client.clone()));
+                    }
                     client
                 }
             };
@@ -371,7 +381,11 @@ pub async fn run(
         }
     })
     .await?;
-    let Some(internal) = internal_client.get().cloned() else {
+    let internal = internal_client
+        .lock()
+        .ok()
+        .and_then(|c| c.as_ref().map(|(_, c)| c.clone()));
+    let Some(internal) = internal else {
         control_plane.stop().await;
         return Err(ControlPlaneError::Timeout {
             component: "kube-apiserver".into(),
