@@ -11,32 +11,41 @@ pub struct FeatureGates(String);
 /// More gates than any Kubernetes minor has alpha and beta features together.
 const MAX_GATES: usize = 100;
 
+/// Checks a comma-separated `KEY=true|false` list (at most [`MAX_GATES`] pairs) and returns it
+/// normalised; `key_error` says why a key is refused, if it is.
+fn parse_pairs(value: &str, key_error: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let pairs: Vec<&str> = value.split(',').map(str::trim).collect();
+    if pairs.len() > MAX_GATES {
+        return Err(format!("at most {MAX_GATES} entries"));
+    }
+    let mut normal = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let Some((key, enabled)) = pair.split_once('=') else {
+            return Err(format!("{pair:?}: write KEY=true or KEY=false"));
+        };
+        if let Some(e) = key_error(key) {
+            return Err(e);
+        }
+        if enabled != "true" && enabled != "false" {
+            return Err(format!("{pair:?}: the value must be true or false"));
+        }
+        normal.push(format!("{key}={enabled}"));
+    }
+    Ok(normal.join(","))
+}
+
 impl FeatureGates {
     /// Parses `A=true,B=false`; names as Kubernetes spells them (letters and digits).
     pub fn parse(value: &str) -> Result<Self, String> {
-        let pairs: Vec<&str> = value.split(',').map(str::trim).collect();
-        if pairs.len() > MAX_GATES {
-            return Err(format!("at most {MAX_GATES} feature gates"));
-        }
-        let mut normal = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            let Some((name, enabled)) = pair.split_once('=') else {
-                return Err(format!("{pair:?}: write NAME=true or NAME=false"));
-            };
-            let name_ok = name.len() <= 100
+        parse_pairs(value, |name| {
+            let ok = name.len() <= 100
                 && name.starts_with(|c: char| c.is_ascii_uppercase())
                 && name.chars().all(|c| c.is_ascii_alphanumeric());
-            if !name_ok {
-                return Err(format!(
-                    "{name:?} is not a feature gate name (letters and digits, starting upper-case, e.g. GenericWorkload)"
-                ));
-            }
-            if enabled != "true" && enabled != "false" {
-                return Err(format!("{pair:?}: the value must be true or false"));
-            }
-            normal.push(format!("{name}={enabled}"));
-        }
-        Ok(FeatureGates(normal.join(",")))
+            (!ok).then(|| format!(
+                "{name:?} is not a feature gate name (letters and digits, starting upper-case, e.g. GenericWorkload)"
+            ))
+        })
+        .map(FeatureGates)
     }
 
     /// The flag kube-apiserver and kube-controller-manager take.
@@ -58,15 +67,7 @@ pub struct RuntimeConfig(String);
 
 impl RuntimeConfig {
     pub fn parse(value: &str) -> Result<Self, String> {
-        let pairs: Vec<&str> = value.split(',').map(str::trim).collect();
-        if pairs.len() > MAX_GATES {
-            return Err(format!("at most {MAX_GATES} entries"));
-        }
-        let mut normal = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            let Some((key, enabled)) = pair.split_once('=') else {
-                return Err(format!("{pair:?}: write GROUP/VERSION=true or =false"));
-            };
+        parse_pairs(value, |key| {
             let parts: Vec<&str> = key.split('/').collect();
             let part_ok = |p: &&str| {
                 !p.is_empty()
@@ -75,17 +76,11 @@ impl RuntimeConfig {
                         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
                     })
             };
-            if !(2..=3).contains(&parts.len()) || !parts.iter().all(part_ok) {
-                return Err(format!(
-                    "{key:?} is not an API group version (e.g. scheduling.k8s.io/v1alpha2 or api/alpha)"
-                ));
-            }
-            if enabled != "true" && enabled != "false" {
-                return Err(format!("{pair:?}: the value must be true or false"));
-            }
-            normal.push(format!("{key}={enabled}"));
-        }
-        Ok(RuntimeConfig(normal.join(",")))
+            (!(2..=3).contains(&parts.len()) || !parts.iter().all(part_ok)).then(|| format!(
+                "{key:?} is not an API group version (e.g. scheduling.k8s.io/v1alpha2 or api/alpha)"
+            ))
+        })
+        .map(RuntimeConfig)
     }
 
     /// The flag kube-apiserver takes.

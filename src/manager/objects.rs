@@ -1265,6 +1265,18 @@ mod tests {
         );
     }
 
+    /// The control plane container's `vkube serve` arguments, joined.
+    fn serve_args(vc: &VirtualCluster, p: &Policy) -> String {
+        let r = check(vc, p, &Facts::new(0)).unwrap();
+        let sts: StatefulSet =
+            serde_json::from_value(stateful_set(vc, p, &r, "10.96.0.42", true)).unwrap();
+        sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ")
+    }
+
     #[test]
     fn without_cluster_read_the_syncer_is_told_to_do_without_it() {
         let args = |cluster_read: bool| {
@@ -1273,14 +1285,7 @@ mod tests {
                 syncer_cluster_read: cluster_read,
                 ..policy()
             };
-            let r = check(&vc, &p, &Facts::new(0)).unwrap();
-            let sts: StatefulSet =
-                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
-            sts.spec.unwrap().template.spec.unwrap().containers[0]
-                .args
-                .clone()
-                .unwrap()
-                .join(" ")
+            serve_args(&vc, &p)
         };
         assert!(args(false).contains("--node-sync pseudo --storage-sync off"));
         assert!(!args(true).contains("--node-sync"));
@@ -1294,14 +1299,7 @@ mod tests {
             for v in &mut p.kubernetes_versions {
                 v.feature_gates = gates.map(String::from);
             }
-            let r = check(&vc, &p, &Facts::new(0)).unwrap();
-            let sts: StatefulSet =
-                serde_json::from_value(stateful_set(&vc, &p, &r, "10.96.0.42", true)).unwrap();
-            sts.spec.unwrap().template.spec.unwrap().containers[0]
-                .args
-                .clone()
-                .unwrap()
-                .join(" ")
+            serve_args(&vc, &p)
         };
         assert!(
             args(Some("GenericWorkload=true")).contains("--feature-gates GenericWorkload=true")
