@@ -533,6 +533,73 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
 
 /// A re-creation interrupted between the delete and the create (vkube killed) is finished by
 /// the next start, from the journal on the host copy; the host copy is not taken for an orphan.
+/// Re-creating a Service with the host's cluster IP deletes it for a moment; the proxy holds
+/// the tenant's requests for it meanwhile, so a client reading it (or deleting it, as the
+/// EndpointSlice conformance test does) never hears "not found".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_being_re_created_is_never_missing_to_its_tenant() {
+    let t = Tenant::start("hold");
+    let virt = t.client().await;
+    let services: Api<Service> = Api::namespaced(virt.clone(), "default");
+    let mut readers = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let name = format!("held-{i}");
+        // Outside the host's service range, inside the virtual one: always re-created.
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "clusterIP": format!("10.100.2.{}", 10 + i),
+                "selector": {"app": name},
+                "ports": [{"port": 80}],
+            }
+        }))
+        .unwrap();
+        let first = services.create(&PostParams::default(), &svc).await.unwrap();
+        let services = services.clone();
+        // Reads it as fast as the API answers until it has its new identity.
+        readers.spawn(async move {
+            let deadline = std::time::Instant::now() + LONG;
+            let mut reads = 0u32;
+            loop {
+                match services.get(&name).await {
+                    Ok(now) if now.metadata.uid != first.metadata.uid => {
+                        return Ok((name, cluster_ip(&now), reads));
+                    }
+                    Ok(_) => reads += 1,
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        return Err(format!("{name}: not found after {reads} reads"));
+                    }
+                    Err(e) => panic!("{name}: {e}"),
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} was not re-created with the host's cluster IP"
+                );
+            }
+        });
+    }
+    while let Some(read) = readers.join_next().await {
+        let (name, ip, reads) = read.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert!(ip.starts_with("10.96."), "{name}: {ip}");
+        println!("{name}: read {reads} times before its re-creation, never missing");
+    }
+    // And a delete right after creation (the conformance case) succeeds whenever it lands.
+    for i in 0..4 {
+        let name = format!("gone-{i}");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": format!("10.100.2.{}", 50 + i), "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50 * i)).await;
+        services
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {name}: {e}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_recreation_cut_short_is_finished_at_the_next_start() {
     let mut t = Tenant::start("journal");

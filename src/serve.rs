@@ -428,6 +428,7 @@ pub async fn run(
     };
     let activity = crate::proxy::activity::Activity::new();
     let pod_backlog = std::sync::Arc::new(syncer::backlog::Backlog::default());
+    let service_recreations = std::sync::Arc::new(syncer::recreations::Recreations::default());
     let proxy_config = match proxy_config(&pki, &control_plane, internal, pod_router, client_certs)
     {
         Ok(c) => ProxyConfig {
@@ -440,6 +441,7 @@ pub async fn run(
                     backlog: pod_backlog.clone(),
                     limit: s.pod_create_pace,
                 }),
+            service_recreations: opts.syncer.as_ref().map(|_| service_recreations.clone()),
             ..c
         },
         Err(e) => {
@@ -577,6 +579,7 @@ pub async fn run(
             },
             shared_stores: shared_stores.clone(),
             pod_backlog: pod_backlog.clone(),
+            service_recreations: service_recreations.clone(),
             custom_kinds: o.custom_kinds.clone(),
             host_kinds: o.host_kinds.clone(),
             volume_snapshots: o.volume_snapshots,
@@ -857,6 +860,7 @@ fn proxy_config(
         pods: Some(pods),
         activity: None,
         pod_pace: None,
+        service_recreations: None,
     })
 }
 

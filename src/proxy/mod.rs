@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::syncer::recreations::Recreations;
 use auth::{CertRefusal, ClientCertPolicy, TokenAuthenticator};
 use identity::Identity;
 
@@ -68,6 +69,9 @@ pub struct ProxyConfig {
     /// Pod creates wait while the syncer's queue of pods waiting for their host pod is full
     /// (`syncer::backlog::PodCreatePace`); `None`: not paced (no syncer, or turned off).
     pub pod_pace: Option<crate::syncer::backlog::PodCreatePace>,
+    /// Virtual Services the syncer is re-creating with the host's cluster IP: requests naming
+    /// one wait until it exists again (`None`: no syncer).
+    pub service_recreations: Option<Arc<Recreations>>,
 }
 
 /// A readiness condition beyond the API server's own (the syncer caught up).
@@ -82,6 +86,7 @@ struct State {
     pods: Option<pods::PodRouter>,
     activity: Option<Arc<activity::Activity>>,
     pod_pace: Option<crate::syncer::backlog::PodCreatePace>,
+    service_recreations: Option<Arc<Recreations>>,
     ready: AtomicBool,
 }
 
@@ -127,6 +132,7 @@ impl Proxy {
                 pods: config.pods,
                 activity: config.activity,
                 pod_pace: config.pod_pace,
+                service_recreations: config.service_recreations,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -377,6 +383,17 @@ async fn route(
             {
                 pace.wait().await;
             }
+            if let Some(recreations) = &state.service_recreations
+                && let Some((namespace, name)) = named_service(&path)
+                && recreations.contains(namespace, name)
+            {
+                // Deleted and created again by the syncer this very moment: answering now
+                // would say it does not exist (a delete or get would fail with NotFound).
+                tracing::debug!(service = %format!("{namespace}/{name}"), "held while the service is re-created");
+                if !recreations.wait(namespace, name, RECREATION_HOLD).await {
+                    tracing::warn!(service = %format!("{namespace}/{name}"), "re-creation took longer than the hold; forwarding");
+                }
+            }
             forward(req, Some(&identity), &state, in_flight.clone()).await
         }
     };
@@ -403,6 +420,21 @@ fn is_pod_create(method: &hyper::Method, path: &str) -> bool {
         ["", "api", "v1", "namespaces", ns, "pods"] if !ns.is_empty()
     )
 }
+
+/// The Service a request addresses by name, `/api/v1/namespaces/NS/services/NAME[/...]`
+/// (the object or its subresources).
+fn named_service(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let mut segments = rest.split('/');
+    let namespace = segments.next().filter(|s| !s.is_empty())?;
+    (segments.next()? == "services").then_some(())?;
+    let name = segments.next().filter(|s| !s.is_empty())?;
+    Some((namespace, name))
+}
+
+/// How long a request waits for a Service's re-creation (normally milliseconds: a delete and
+/// a create on the local API server); after it, it is forwarded anyway.
+const RECREATION_HOLD: Duration = Duration::from_secs(10);
 
 /// Buffer per direction of an upgraded stream. Port-forward and exec carry bulk data; tokio's
 /// default 8 KiB means many small TLS records and syscalls (measured: 100 MiB port-forward
@@ -547,5 +579,27 @@ mod tests {
             &hyper::Method::GET,
             "/api/v1/namespaces/default/pods"
         ));
+    }
+
+    #[test]
+    fn only_requests_naming_one_service_wait_for_its_recreation() {
+        assert_eq!(
+            named_service("/api/v1/namespaces/default/services/api"),
+            Some(("default", "api"))
+        );
+        assert_eq!(
+            named_service("/api/v1/namespaces/default/services/api/status"),
+            Some(("default", "api"))
+        );
+        for path in [
+            "/api/v1/namespaces/default/services",
+            "/api/v1/namespaces/default/services/",
+            "/api/v1/services",
+            "/api/v1/namespaces/default/pods/api",
+            "/api/v1/namespaces//services/api",
+            "/apis/example.com/v1/namespaces/a/services/b",
+        ] {
+            assert_eq!(named_service(path), None, "{path}");
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod pdbs;
 pub mod pods;
 pub mod pvcs;
+pub mod recreations;
 pub mod referenced;
 pub mod secrets;
 pub mod services;
@@ -30,8 +31,7 @@ pub mod storage;
 pub mod tokens;
 pub mod virtual_pod;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
@@ -161,6 +161,9 @@ pub struct SyncerConfig {
     /// Virtual pods waiting for their host pod; shared with the proxy, which paces pod creates
     /// by it (`backlog::PodCreatePace`).
     pub pod_backlog: Arc<backlog::Backlog>,
+    /// Virtual Services being re-created; shared with the proxy, which holds the tenant's
+    /// requests for them meanwhile.
+    pub service_recreations: Arc<recreations::Recreations>,
     /// Namespaced custom kinds synced down (`--sync-custom-resource`).
     pub custom_kinds: Vec<crate::translate::custom::CustomKind>,
     /// Cluster-scoped host kinds shown read-only (`--show-host-kind`).
@@ -191,6 +194,7 @@ impl SyncerConfig {
             network: Default::default(),
             shared_stores: addresses::SharedStores::default(),
             pod_backlog: Arc::default(),
+            service_recreations: Arc::default(),
             custom_kinds: Vec::new(),
             host_kinds: Vec::new(),
             volume_snapshots: false,
@@ -280,7 +284,7 @@ pub struct Context {
     pub gc_trigger: Arc<Notify>,
     /// Virtual Services (namespace, name) being re-created with the host's cluster IP: briefly
     /// absent from the virtual API, but their host copies are not orphans.
-    pub recreating: Mutex<HashSet<(String, String)>>,
+    pub recreating: Arc<recreations::Recreations>,
     /// Virtual pods the syncer has not tried to create on the host yet.
     pub backlog: Arc<backlog::Backlog>,
     pub bindings: Arc<pods::PendingBindings>,
@@ -293,9 +297,7 @@ pub struct Context {
 impl Context {
     /// Whether the virtual Service `namespace/name` is being re-created right now.
     pub fn is_recreating(&self, namespace: &str, name: &str) -> bool {
-        self.recreating
-            .lock()
-            .is_ok_and(|r| r.contains(&(namespace.to_string(), name.to_string())))
+        self.recreating.contains(namespace, name)
     }
 
     pub fn tenant(&self) -> &Tenant {
@@ -730,6 +732,7 @@ pub async fn run(
     // New virtual pods join the backlog the moment the watch reports them; bound ones leave
     // the pending bindings.
     let pod_backlog = config.pod_backlog.clone();
+    let service_recreations = config.service_recreations.clone();
     let bindings = Arc::new(pods::PendingBindings::default());
     let waiting_pods: Hook<VirtualPod> = {
         let backlog = pod_backlog.clone();
@@ -1108,7 +1111,7 @@ pub async fn run(
         recorder,
         ready,
         gc_trigger: gc.clone(),
-        recreating: Mutex::new(HashSet::new()),
+        recreating: service_recreations,
         backlog: pod_backlog,
         bindings,
         custom: custom::Registry::new(custom_kinds.len()),

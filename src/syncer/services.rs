@@ -204,30 +204,6 @@ async fn show_api_service(ctx: &Context, vsvc: &Service) -> Result<Action, SyncE
     recreate(ctx, vsvc, again).await
 }
 
-/// Marks a virtual Service as being re-created for as long as it lives.
-struct Recreating<'a> {
-    ctx: &'a Context,
-    key: (String, String),
-}
-
-impl<'a> Recreating<'a> {
-    fn new(ctx: &'a Context, namespace: &str, name: &str) -> Self {
-        let key = (namespace.to_string(), name.to_string());
-        if let Ok(mut r) = ctx.recreating.lock() {
-            r.insert(key.clone());
-        }
-        Recreating { ctx, key }
-    }
-}
-
-impl Drop for Recreating<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut r) = self.ctx.recreating.lock() {
-            r.remove(&self.key);
-        }
-    }
-}
-
 fn cluster_ips(svc: &Service) -> Vec<String> {
     let spec = svc.spec.clone().unwrap_or_default();
     spec.cluster_ips
@@ -269,7 +245,7 @@ async fn recreate(ctx: &Context, old: &Service, new: Service) -> Result<Action, 
     } else {
         None
     };
-    let _mark = Recreating::new(ctx, &ns, &name);
+    let _mark = ctx.recreating.mark(&ns, &name);
     // Written down on the host copy first: if vkube dies between the delete and the create
     // below, the next start re-creates the Service from it (see `restore`).
     let host_copy = host_copy_of(ctx, old);
