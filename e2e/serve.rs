@@ -288,6 +288,42 @@ async fn restart_keeps_the_ca_the_kubeconfig_and_the_data() {
     assert_eq!(old_kubeconfig, new_kubeconfig, "same CA and credentials");
 }
 
+/// Ports are chosen by the kernel and released before the components bind them; another
+/// process may take one meanwhile (seen in CI). That is a start on other ports, not a failure:
+/// here the test itself takes the API server's port the moment vkube writes it down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_taken_before_the_api_server_binds_it_is_a_retry_not_a_failure() {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        apiserver: u16,
+    }
+    let mut t = Tenant::new("portrace");
+    let chosen = t.data_dir().join("ports.json");
+    t.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (thief, stolen) = loop {
+        // Written before etcd starts; the API server binds only once etcd is ready.
+        let written = std::fs::read(&chosen).ok();
+        if let Some(ports) = written.and_then(|b| serde_json::from_slice::<Ports>(&b).ok()) {
+            let thief = std::net::TcpListener::bind(("127.0.0.1", ports.apiserver))
+                .unwrap_or_else(|e| panic!("taking port {}: {e}", ports.apiserver));
+            break (thief, ports.apiserver);
+        }
+        assert!(Instant::now() < deadline, "vkube never chose its ports");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    t.wait_ready();
+    let log = std::fs::read_to_string(&t.log).unwrap();
+    assert!(
+        log.contains("a port was taken meanwhile"),
+        "the API server was expected to lose port {stolen}:\n{log}"
+    );
+    let now: Ports = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
+    assert_ne!(now.apiserver, stolen, "started again on another port");
+    t.kubectl_ok(&["create", "configmap", "after-the-race"]);
+    drop(thief);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_tokens_are_checked_by_token_review_and_virtual_rbac() {
     let t = Tenant::start("tokens");

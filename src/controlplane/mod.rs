@@ -551,7 +551,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let state = process.state();
+    let mut state = process.state();
     let mut tolerated_exits = 0;
     loop {
         let exit = match &*state.borrow() {
@@ -580,7 +580,13 @@ where
                 last_line: None,
             });
         }
-        if check().await {
+        let ready = tokio::select! {
+            ready = check() => Some(ready),
+            // An exit is seen at once, not when the check gives up: a port another process
+            // holds may accept the connection and never answer.
+            Ok(()) = state.changed() => None,
+        };
+        if ready == Some(true) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -590,7 +596,9 @@ where
                 last_line: process.last_error_line(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ready.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
