@@ -786,4 +786,36 @@ mod tests {
         };
         assert!(!silent.port_taken());
     }
+
+    #[tokio::test]
+    async fn an_exit_during_startup_is_seen_while_the_ready_check_still_waits() {
+        // Its port held by a process that accepts and never answers: the ready check hangs.
+        let spec = ProcessSpec {
+            name: "kube-apiserver".into(),
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                r#"sleep 0.2; echo 'E1202 00:00:00.000000 1 run.go:72] "command failed" err="listen tcp 127.0.0.1:1: bind: address already in use"'; exit 1"#.into(),
+            ],
+            env: vec![],
+        };
+        let backoff = Backoff {
+            initial: Duration::from_secs(30),
+            ..Backoff::default()
+        };
+        let process = Supervised::start(spec, backoff).unwrap();
+        let timeout = Duration::from_secs(60);
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_until(&process, Instant::now() + timeout, timeout, || {
+                std::future::pending::<bool>()
+            }),
+        )
+        .await;
+        process.stop().await;
+        match waited {
+            Ok(Err(e)) => assert!(e.port_taken(), "{e}"),
+            other => panic!("the exit was not reported while the check waited: {other:?}"),
+        }
+    }
 }
