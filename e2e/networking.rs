@@ -588,7 +588,11 @@ async fn a_service_being_re_created_is_never_missing_to_its_tenant() {
         let name = format!("gone-{i}");
         let svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "default"},
-            "spec": {"clusterIP": format!("10.100.2.{}", 50 + i), "ports": [{"port": 80}]}
+            "spec": {
+                "clusterIP": format!("10.100.2.{}", 50 + i),
+                "selector": {"app": name},
+                "ports": [{"port": 80}],
+            }
         }))
         .unwrap();
         services.create(&PostParams::default(), &svc).await.unwrap();
