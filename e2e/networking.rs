@@ -533,6 +533,20 @@ spec: {clusterIP: None, selector: {app: api}, ports: [{port: 80}]}
 
 /// A re-creation interrupted between the delete and the create (vkube killed) is finished by
 /// the next start, from the journal on the host copy; the host copy is not taken for an orphan.
+/// A Service asking for 10.100.2.`host`: outside the host's service range, inside the virtual
+/// one, so the syncer always re-creates it with the host's IP.
+fn always_re_created(name: &str, host: u64) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "clusterIP": format!("10.100.2.{host}"),
+            "selector": {"app": name},
+            "ports": [{"port": 80}],
+        }
+    }))
+    .unwrap()
+}
+
 /// Re-creating a Service with the host's cluster IP deletes it for a moment; the proxy holds
 /// the tenant's requests for it meanwhile, so a client reading it (or deleting it, as the
 /// EndpointSlice conformance test does) never hears "not found".
@@ -544,17 +558,10 @@ async fn a_service_being_re_created_is_never_missing_to_its_tenant() {
     let mut readers = tokio::task::JoinSet::new();
     for i in 0..4 {
         let name = format!("held-{i}");
-        // Outside the host's service range, inside the virtual one: always re-created.
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "clusterIP": format!("10.100.2.{}", 10 + i),
-                "selector": {"app": name},
-                "ports": [{"port": 80}],
-            }
-        }))
-        .unwrap();
-        let first = services.create(&PostParams::default(), &svc).await.unwrap();
+        let first = services
+            .create(&PostParams::default(), &always_re_created(&name, 10 + i))
+            .await
+            .unwrap();
         let services = services.clone();
         // Reads it as fast as the API answers until it has its new identity.
         readers.spawn(async move {
@@ -586,16 +593,10 @@ async fn a_service_being_re_created_is_never_missing_to_its_tenant() {
     // And a delete right after creation (the conformance case) succeeds whenever it lands.
     for i in 0..4 {
         let name = format!("gone-{i}");
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "clusterIP": format!("10.100.2.{}", 50 + i),
-                "selector": {"app": name},
-                "ports": [{"port": 80}],
-            }
-        }))
-        .unwrap();
-        services.create(&PostParams::default(), &svc).await.unwrap();
+        services
+            .create(&PostParams::default(), &always_re_created(&name, 50 + i))
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50 * i)).await;
         services
             .delete(&name, &DeleteParams::default())
