@@ -263,6 +263,9 @@ pub async fn run(
         waker,
         recorder: Some(recorder),
     });
+    // Every phase is exported (0 until the cache fills) from the first scrape on, not only
+    // after the first reconcile or watchdog tick: /readyz answers from the start.
+    count_phases(&ctx.store);
     // Stop on the signal, or when the lease is lost (another replica may be reconciling).
     let lost_reason: Arc<std::sync::Mutex<Option<lease::LeaseError>>> = Default::default();
     let record = lost_reason.clone();
